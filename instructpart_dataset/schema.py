@@ -1,0 +1,69 @@
+"""Names shared by every layer: configs, instruction types, splits, sample ids, row features."""
+
+import datasets
+
+# Release instruction indices 0..5, in this order.
+INSTRUCTION_TYPES = (
+    "human",
+    "gpt4",
+    "part_question",
+    "part_affordance_question",
+    "part_name",
+    "part_affordance_name",
+)
+CONFIGS = {
+    "trps": INSTRUCTION_TYPES[0:2],  # task reasoning part segmentation
+    "orps": INSTRUCTION_TYPES[2:6],  # oracle referring part segmentation
+}
+DEFAULT_CONFIG = "trps"
+
+# Nested training subsets of the release: train200 ⊂ train600 ⊂ train1200 ⊂ train1800.
+TRAIN_SUBSETS = (200, 600, 1200, 1800)
+SPLITS = ("test", "train") + tuple(f"train{n}" for n in TRAIN_SUBSETS)
+
+ENTRY_FIELDS = ("object", "part", "affordance", "action", "instruction")
+
+FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "image": datasets.Image(),
+        "mask": datasets.Image(mode="1"),
+        "object": datasets.Value("string"),
+        "part": datasets.Value("string"),
+        "affordance": datasets.Value("string"),
+        "action": datasets.Value("string"),
+        "instruction": datasets.Value("string"),
+        "instruction_type": datasets.Value("string"),
+        "train_subset": datasets.Value("int32"),
+    }
+)
+
+
+def sample_id(image_path: str, object_name: str, part_name: str) -> str:
+    """The release file stem of one annotated part: `<image stem>-<object>-<part>`, spaces as `_`."""
+    stem = image_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return f"{stem}-{object_name.replace(' ', '_')}-{part_name.replace(' ', '_')}"
+
+
+def check_config(config: str) -> str:
+    if config not in CONFIGS:
+        raise ValueError(f"unknown config {config!r}: expected one of {', '.join(CONFIGS)}")
+    return config
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    return split
+
+
+HOMEPAGE = "https://zifuwan.github.io/InstructPart/"
+PAPER = "https://arxiv.org/abs/2505.18291"
+LICENSE = "mit"
+CITATION = """@inproceedings{wan2025instructpart,
+  title     = {InstructPart: Task-Oriented Part Segmentation with Instruction Reasoning},
+  author    = {Wan, Zifu and Xie, Yaqi and Zhang, Ce and Lin, Zhiqiu and Wang, Zihan and
+               Stepputtis, Simon and Ramanan, Deva and Sycara, Katia},
+  booktitle = {Proceedings of the 63rd Annual Meeting of the Association for Computational Linguistics (ACL)},
+  year      = {2025}
+}"""
