@@ -1,0 +1,420 @@
+"""Publish the InstructPart dataset, the metric and a PISA model to the Hugging Face Hub.
+
+    python upload.py dataset --data-dir RELEASE --repo-id ORG/instructpart [--dry-run]
+    python upload.py metric  --repo-id ORG/instructpart [--dry-run]
+    python upload.py model   --checkpoint DIR --repo-id ORG/pisa-7b [--results trps.json --results orps.json]
+                             [--space ORG/pisa-7b-demo] [--dry-run]
+    common options: --stage DIR  --private  --revision BRANCH
+
+Each repository is built completely in a local staging folder (as open_clip stages before
+`upload_folder`), then verified in a fresh Python process that cannot import this project, by
+loading it exactly as a user would: `load_dataset(stage, "trps")`, `evaluate.load(stage)`,
+`AutoModel.from_pretrained(stage, trust_remote_code=True)` and `pipeline(...)`. Only then is it
+pushed, with `HfApi.create_repo(exist_ok=True)` and one `upload_folder` commit
+(`upload_large_folder` above 5 GiB). `--dry-run` stops after verification and prints the files.
+The token comes from `hf auth login` or HF_TOKEN and is never printed; a failed push leaves the
+staged folder for a retry.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LARGE_FOLDER_BYTES = 5 << 30
+OUR_PACKAGES = ("instructpart_dataset", "instructpart_metric", "pisa_model")
+# Released versions the metric Space installs (the tested ranges of setup.cfg).
+SPACE_REQUIREMENTS = ("evaluate==0.4.6", "datasets==5.2.0", "numpy>=2.0,<3", "pillow>=11,<14", "gradio>=5,<6")
+
+
+class UploadError(Exception):
+    """A one-line reason the upload stopped."""
+
+
+# --- verification in a process that cannot import this project -------------------------------------------------
+
+_ISOLATION_PRELUDE = f"""
+import sys
+class _NoProjectImports:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {OUR_PACKAGES!r}:
+            raise ImportError(name + " is not importable here: this check runs as a user of the Hub repo")
+sys.meta_path.insert(0, _NoProjectImports())
+sys.path = [p for p in sys.path if p not in ("", {HERE!r})]
+"""
+
+
+def run_isolated(code: str, cwd: str, what: str) -> dict:
+    """Run `code` in a fresh interpreter that cannot import this project; it prints one JSON line last."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # Fresh caches: datasets keys a local folder's cache on file names and mtimes, so a stale cache could
+    # make a broken stage look fine; remote code must be copied from the stage, not found in a cache.
+    caches = tempfile.mkdtemp(prefix="upload-verify-")
+    env.update(HF_DATASETS_CACHE=os.path.join(caches, "datasets"), HF_MODULES_CACHE=os.path.join(caches, "modules"))
+    script = _ISOLATION_PRELUDE + textwrap.dedent(code)
+    try:
+        result = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True)
+    finally:
+        shutil.rmtree(caches, ignore_errors=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UploadError(f"verification failed: {what}: {last}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --- dataset ---------------------------------------------------------------------------------------------------
+
+def stage_dataset(data_dir: str, stage: str) -> dict:
+    from instructpart_dataset.export import export_release
+
+    return export_release(data_dir, stage, overwrite=True)
+
+
+def verify_dataset(stage: str, counts: dict) -> None:
+    """Load the staged folder by its name, as `load_dataset("ORG/instructpart", config)` would load the repo."""
+    found = run_isolated(
+        f"""
+        import json, datasets
+        counts = {{}}
+        for config in ("trps", "orps"):
+            dataset = datasets.load_dataset({os.path.basename(stage)!r}, config)
+            counts[config] = {{split: len(rows) for split, rows in dataset.items()}}
+            first = dataset[next(iter(dataset))].with_format("numpy", columns=["mask"], output_all_columns=True)[0]
+            assert first["mask"].dtype == bool and first["mask"].shape == first["image"].size[::-1]
+        print(json.dumps(counts))
+        """,
+        cwd=os.path.dirname(stage),
+        what=f"load_dataset({os.path.basename(stage)!r}) in {os.path.dirname(stage)}",
+    )
+    if found != counts:
+        raise UploadError(f"verification failed: {stage} loads as {found}, the export wrote {counts}")
+
+
+# --- metric ----------------------------------------------------------------------------------------------------
+
+METRIC_APP = """import evaluate
+from evaluate.utils import launch_gradio_widget
+
+module = evaluate.load("{repo_id}")
+launch_gradio_widget(module)
+"""
+
+
+def stage_metric(stage: str, repo_id: str) -> None:
+    """The evaluate module as a Space: `<repo name>.py` (so `evaluate.load(repo_id)` finds it), the modules it
+    imports, its card, the evaluate widget app and pinned requirements."""
+    source = os.path.join(HERE, "instructpart_metric")
+    name = repo_id.split("/")[-1]
+    _fresh_folder(stage)
+    shutil.copy(os.path.join(source, "instructpart_metric.py"), os.path.join(stage, f"{name}.py"))
+    for module in _relative_imports(os.path.join(source, "instructpart_metric.py")):
+        shutil.copy(os.path.join(source, f"{module}.py"), os.path.join(stage, f"{module}.py"))
+    shutil.copy(os.path.join(source, "README.md"), os.path.join(stage, "README.md"))
+    with open(os.path.join(stage, "app.py"), "w") as f:
+        f.write(METRIC_APP.format(repo_id=repo_id))
+    with open(os.path.join(stage, "requirements.txt"), "w") as f:
+        f.write("\n".join(SPACE_REQUIREMENTS) + "\n")
+
+
+def _relative_imports(script: str) -> list:
+    """Sibling modules a script imports as `from .name import x` (evaluate copies them beside it)."""
+    modules = []
+    with open(script) as f:
+        for line in f:
+            if line.startswith("from .") and " import " in line:
+                modules.append(line[len("from ."):].split(" import ")[0].strip())
+    return sorted(set(modules))
+
+
+def verify_metric(stage: str) -> None:
+    """`evaluate.load(stage)` in a fresh process gives the numbers of the installed package on the same masks."""
+    import numpy as np
+
+    from instructpart_metric import StreamingScorer
+
+    rng = np.random.default_rng(0)
+    shapes = [(7, 9), (12, 5), (8, 8), (3, 11)]
+    truths = [rng.random(s) < 0.4 for s in shapes]
+    predictions = [rng.random(s) < 0.5 for s in shapes]
+    scorer = StreamingScorer()
+    for prediction, truth in zip(predictions, truths):
+        scorer.add(prediction, truth)
+    expected = scorer.compute()
+    found = run_isolated(
+        f"""
+        import json, evaluate, numpy as np
+        metric = evaluate.load({stage!r})
+        predictions = [np.array(m, dtype=bool) for m in {[p.tolist() for p in predictions]!r}]
+        truths = [np.array(m, dtype=bool) for m in {[t.tolist() for t in truths]!r}]
+        result = metric.compute(predictions=predictions, references=truths)
+        print(json.dumps({{k: result[k] for k in {list(expected)!r}}}))
+        """,
+        cwd=tempfile.gettempdir(),
+        what=f"evaluate.load({stage!r})",
+    )
+    if any(abs(found[k] - expected[k]) > 1e-12 for k in expected):
+        raise UploadError(f"verification failed: the staged metric gives {found}, the package {expected}")
+
+
+# --- model -----------------------------------------------------------------------------------------------------
+
+SPACE_APP = """import gradio as gr
+import numpy as np
+from PIL import Image
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+
+
+def segment(image, instruction):
+    mask = model.predict([image], [instruction])[0]
+    overlay = np.asarray(image.convert("RGB")).copy()
+    overlay[mask] = (0.45 * overlay[mask] + 0.55 * np.array([255, 40, 40])).astype(np.uint8)
+    return Image.fromarray(overlay)
+
+
+demo = gr.Interface(
+    segment,
+    inputs=[gr.Image(type="pil", label="photo"), gr.Textbox(label="instruction")],
+    outputs=gr.Image(label="the part"),
+    title="PISA: task-oriented part segmentation",
+    description="Model: {repo_id}. Ask which part serves a task, e.g. 'If I want to open the cabinet, which part "
+    "should I use?'",
+)
+demo.launch()
+"""
+
+
+def _example_image(stage: str):
+    """A generated example photo and its instruction, shown as the card's widget example."""
+    import numpy as np
+
+    from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
+
+    rng = np.random.default_rng(0)
+    image, _ = render_object("kettle", (320, 240), rng)
+    image.save(os.path.join(stage, "example.jpg"), quality=92)
+    return [("example.jpg", instructions_for("kettle", CATALOG["kettle"][0], rng)[0])]
+
+
+def stage_model(checkpoint: str, stage: str, repo_id: str, results: list, space_repo_id=None) -> None:
+    from pisa_model.model_card import write_model_card
+
+    if not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        raise UploadError(f"{checkpoint}: not a checkpoint folder (no config.json)")
+    unsafe = [name for name in os.listdir(checkpoint) if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    if unsafe:
+        raise UploadError(f"{checkpoint}: refusing pickled weights {unsafe[0]!r}: publish safetensors only")
+    if not any(name.endswith(".safetensors") for name in os.listdir(checkpoint)):
+        raise UploadError(f"{checkpoint}: no .safetensors weights")
+    _fresh_folder(stage)
+    for name in sorted(os.listdir(checkpoint)):
+        source = os.path.join(checkpoint, name)
+        if os.path.isfile(source) and name != "README.md":
+            shutil.copy(source, os.path.join(stage, name))
+    space_url = f"https://huggingface.co/spaces/{space_repo_id}" if space_repo_id else None
+    write_model_card(stage, checkpoint, repo_id, results_files=results, space_url=space_url,
+                     widget_examples=_example_image(stage))
+
+
+def stage_model_space(stage: str, model_repo_id: str) -> None:
+    _fresh_folder(stage)
+    with open(os.path.join(stage, "app.py"), "w") as f:
+        f.write(SPACE_APP.format(repo_id=model_repo_id))
+    with open(os.path.join(stage, "requirements.txt"), "w") as f:
+        f.write("\n".join(["transformers>=5.23,<5.24", "torch>=2.13", "gradio>=5,<6", "numpy", "pillow"]) + "\n")
+    with open(os.path.join(stage, "README.md"), "w") as f:
+        f.write(
+            "---\ntitle: PISA part segmentation\nemoji: 🔧\ncolorFrom: red\ncolorTo: gray\nsdk: gradio\n"
+            f"app_file: app.py\npinned: false\nmodels:\n- {model_repo_id}\n---\n\n"
+            f"Demo of [{model_repo_id}](https://huggingface.co/{model_repo_id}): an image and an instruction in, "
+            "the mask of the part that serves the task out.\n"
+        )
+
+
+def verify_model(checkpoint: str, stage: str) -> None:
+    """The staged folder, loaded with trust_remote_code in a fresh process, predicts the masks the checkpoint
+    predicts in this process (through our package) on generated images."""
+    import numpy as np
+
+    from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
+    from pisa_model import PisaForPartSegmentation
+
+    rng = np.random.default_rng(1)
+    workdir = tempfile.mkdtemp(prefix="verify-model-")
+    try:
+        paths, instructions = [], []
+        for k, (name, size) in enumerate((("kettle", (97, 61)), ("sofa", (64, 88)))):
+            image, _ = render_object(name, size, rng)
+            paths.append(os.path.join(workdir, f"{k}.png"))
+            image.save(paths[-1])
+            instructions.append(instructions_for(name, CATALOG[name][0], rng)[0])
+        from PIL import Image
+
+        model = PisaForPartSegmentation.from_pretrained(checkpoint)
+        expected = [m.tolist() for m in model.predict([Image.open(p) for p in paths], instructions)]
+        found = run_isolated(
+            f"""
+            import json, numpy as np
+            from PIL import Image
+            from transformers import AutoModel, pipeline
+            model = AutoModel.from_pretrained({stage!r}, trust_remote_code=True)
+            images = [Image.open(p) for p in {paths!r}]
+            masks = [m.tolist() for m in model.predict(images, {instructions!r})]
+            segmenter = pipeline(model={stage!r}, trust_remote_code=True)
+            piped = [(np.asarray(segmenter(im, instruction=text)[0]["mask"]) > 0).tolist()
+                     for im, text in zip(images, {instructions!r})]
+            print(json.dumps({{"predict": masks, "pipeline": piped}}))
+            """,
+            cwd=workdir,
+            what=f"AutoModel/pipeline from {stage} with trust_remote_code",
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for kind in ("predict", "pipeline"):
+        if found[kind] != expected:
+            raise UploadError(f"verification failed: the staged model's {kind} masks differ from the checkpoint's")
+
+
+# --- push ------------------------------------------------------------------------------------------------------
+
+def folder_files(stage: str) -> list:
+    """(relative path, size in bytes) of every file to upload, sorted."""
+    files = []
+    for root, _, names in os.walk(stage):
+        for name in names:
+            path = os.path.join(root, name)
+            files.append((os.path.relpath(path, stage), os.path.getsize(path)))
+    return sorted(files)
+
+
+def push(stage: str, repo_id: str, repo_type: str, *, private: bool, revision, commit_message: str,
+         api=None, space_sdk=None) -> str:
+    """Create the repo if needed and upload the staged folder in one commit; returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    api = api if api is not None else HfApi()
+    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
+    if revision:
+        api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+    if sum(size for _, size in folder_files(stage)) > LARGE_FOLDER_BYTES:
+        api.upload_large_folder(repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision,
+                                private=private)
+    else:
+        api.upload_folder(repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision,
+                          commit_message=commit_message)
+    return str(url)
+
+
+def _fresh_folder(path: str) -> None:
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.makedirs(path)
+
+
+def _print_plan(stage, repo_id, repo_type, private, revision) -> None:
+    files = folder_files(stage)
+    total = sum(size for _, size in files)
+    visibility = "private" if private else "public"
+    print(f"would create {visibility} {repo_type} repo {repo_id} (exist_ok) and upload {len(files)} files "
+          f"({total / 1e6:.1f} MB) in one commit to {revision or 'main'}:")
+    for path, size in files:
+        print(f"  {size:>12,}  {path}")
+
+
+def _safe_message(error: Exception) -> str:
+    message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    token = os.environ.get("HF_TOKEN")
+    return message.replace(token, "***") if token else message
+
+
+def _publish(args, stage, repo_type, what, space_sdk=None) -> None:
+    if args.dry_run:
+        _print_plan(stage, args.repo_id, repo_type, args.private, args.revision)
+        print(f"staged and verified in {stage}; dry run: nothing pushed")
+        return
+    try:
+        url = push(stage, args.repo_id, repo_type, private=args.private, revision=args.revision,
+                   commit_message=f"Upload {what} with instructpart's upload.py", space_sdk=space_sdk)
+    except Exception as error:
+        raise UploadError(f"push to {args.repo_id} failed ({type(error).__name__}: {_safe_message(error)}); "
+                          f"the staged files stay in {stage} for a retry")
+    print(f"pushed {stage} to {url}")
+
+
+def _stage_dir(args, kind: str, repo_id: str) -> str:
+    # The last component is the repo's name: evaluate finds `<name>.py` in `<name>/`, and
+    # `load_dataset("<name>")` finds the staged dataset from its parent folder.
+    root = args.stage or os.path.join(os.getcwd(), "hub-staging")
+    return os.path.abspath(os.path.join(root, kind, repo_id.split("/")[-1]))
+
+
+def cmd_dataset(args) -> None:
+    stage = _stage_dir(args, "dataset", args.repo_id)
+    counts = stage_dataset(args.data_dir, stage)
+    verify_dataset(stage, counts)
+    _publish(args, stage, "dataset", "the InstructPart dataset")
+
+
+def cmd_metric(args) -> None:
+    stage = _stage_dir(args, "metric", args.repo_id)
+    stage_metric(stage, args.repo_id)
+    verify_metric(stage)
+    _publish(args, stage, "space", "the InstructPart metric", space_sdk="gradio")
+
+
+def cmd_model(args) -> None:
+    stage = _stage_dir(args, "model", args.repo_id)
+    stage_model(args.checkpoint, stage, args.repo_id, args.results, space_repo_id=args.space)
+    verify_model(args.checkpoint, stage)
+    _publish(args, stage, "model", f"PISA checkpoint {os.path.basename(os.path.abspath(args.checkpoint))}")
+    if args.space:
+        space_stage = _stage_dir(args, "model-space", args.space)
+        stage_model_space(space_stage, args.repo_id)
+        space_args = argparse.Namespace(**{**vars(args), "repo_id": args.space})
+        _publish(space_args, space_stage, "space", "the PISA demo Space", space_sdk="gradio")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="upload.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub):
+        sub.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+        sub.add_argument("--stage", help="staging root (default ./hub-staging)")
+        sub.add_argument("--dry-run", action="store_true", help="stage and verify, print the files, push nothing")
+        sub.add_argument("--private", action="store_true")
+        sub.add_argument("--revision", help="branch to push to (created if missing)")
+
+    dataset = commands.add_parser("dataset", help="the benchmark as a script-free dataset repo")
+    dataset.add_argument("--data-dir", required=True, help="local copy of the official release")
+    common(dataset)
+    dataset.set_defaults(run=cmd_dataset)
+    metric = commands.add_parser("metric", help="the evaluate module as a Space")
+    common(metric)
+    metric.set_defaults(run=cmd_metric)
+    model = commands.add_parser("model", help="a PISA checkpoint with its card")
+    model.add_argument("--checkpoint", required=True)
+    model.add_argument("--results", action="append", default=[],
+                       help="results.json of `pisa_model.evaluate` (TRPS and/or ORPS) for the card's model-index")
+    model.add_argument("--space", metavar="ORG/NAME", help="also stage and push a Gradio demo Space")
+    common(model)
+    model.set_defaults(run=cmd_model)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (UploadError, ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
