@@ -1,0 +1,233 @@
+"""The adapter protocol every evaluated model satisfies, and the registry that builds one from a name.
+
+An adapter turns a batch of (image, instruction) pairs into binary masks at each image's own size:
+
+    masks = adapter.predict(images, instructions)   # list of bool (H, W) arrays, H, W = image.height, image.width
+
+Models are named by a spec string (`python -m pisa_model.evaluate --model SPEC`):
+
+    full-image | centre-ellipse                      trivial baselines (baselines.py)
+    PATH | pisa:PATH                                 a PISA checkpoint folder (pisa.py)
+    clipseg:CKPT                                     CLIPSeg (clipseg.py)
+    grounded-sam:DINO_CKPT,SAM_CKPT                  Grounding DINO box -> SAM mask (grounded_sam.py)
+    sam3:CKPT                                        SAM3 with a text prompt (sam3.py)
+    reason-then-ground:VLM_CKPT,SEGMENTER_SPEC       a VLM names the part, a segmenter masks it (reason_then_ground.py)
+
+CKPT is a local folder or a Hub repo id. Adapter options (`threshold`, ...) are keyword arguments of
+`load_adapter`, or `--adapter-arg NAME=VALUE` on the command line.
+"""
+
+import inspect
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+_FACTORIES: dict = {}
+
+
+class Adapter:
+    """Base class of the adapters: `predict(images, instructions) -> list of bool (H, W) masks`.
+
+    Subclasses set `name` (the spec it was built from, shown in reports) and implement `predict`. Those with
+    per-sample by-products (the reason-then-ground phrase) override `predict_with_extras`.
+    """
+
+    name: str = "adapter"
+    extras_name: str = "extras"  # the evaluate command writes the extras to predictions/<extras_name>.jsonl
+
+    def predict(self, images: list, instructions: list) -> list:
+        """Masks for a batch.
+
+        Args:
+            images (`list[PIL.Image.Image]`): RGB images, any sizes.
+            instructions (`list[str]`): one instruction per image.
+
+        Returns:
+            `list[np.ndarray]`: bool arrays of shape (image.height, image.width), one per image.
+        """
+        raise NotImplementedError
+
+    def predict_with_extras(self, images: list, instructions: list) -> tuple:
+        """`(masks, extras)`: extras is None or one JSON-able dict per sample (kept next to the predictions)."""
+        return self.predict(images, instructions), None
+
+    def summarize_extras(self, records: list) -> dict:
+        """Scores of the extras over a run, for results.json; records are the extras plus the row's id,
+        instruction_type, instruction, object and part."""
+        return {}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def check_batch(images: list, instructions: list) -> None:
+    """One instruction per image, and images that have a size."""
+    if len(images) != len(instructions):
+        raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
+    for image in images:
+        if not hasattr(image, "size") or not hasattr(image, "convert"):
+            raise ValueError(f"expected PIL images, got {type(image).__name__}")
+
+
+def register_adapter(name: str) -> Callable:
+    """Register `factory(argument, *, device, dtype, **options) -> Adapter` under `name` (the part before `:`)."""
+
+    def decorate(factory):
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorate
+
+
+def adapter_names() -> tuple:
+    _import_builtin_adapters()
+    return tuple(sorted(_FACTORIES))
+
+
+def _import_builtin_adapters():
+    # Each module registers itself on import; importing them here keeps `load_adapter` the one entry point.
+    from . import baselines, clipseg, grounded_sam, pisa, reason_then_ground, sam3  # noqa: F401
+
+
+def load_adapter(spec, *, device=None, dtype=None, **options) -> Adapter:
+    """Build the adapter named by `spec` (see the module docstring); an `Adapter` is returned as is.
+
+    Args:
+        spec (`str` or `Adapter`): `NAME`, `NAME:ARGUMENT`, or a PISA checkpoint folder.
+        device (`str` or `torch.device`, *optional*): where the model runs (default: CPU).
+        dtype (`torch.dtype`, *optional*): the model's floating dtype (default: the checkpoint's float32).
+        **options: the adapter's own options (`threshold=0.4`, `relative_area=0.1`, ...).
+    """
+    if isinstance(spec, Adapter):
+        if options:
+            raise ValueError(f"options {sorted(options)} given with an already built adapter {spec.name!r}")
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    _import_builtin_adapters()
+    spec = spec.strip()
+    name, has_argument, argument = spec.partition(":")
+    if name in _FACTORIES:
+        factory = _FACTORIES[name]
+        argument = argument.strip() if has_argument else None
+    elif os.path.isdir(os.path.expanduser(spec)):
+        factory, name, argument = _FACTORIES["pisa"], "pisa", spec
+    elif not has_argument and (os.sep in spec or spec.startswith((".", "~"))):
+        raise FileNotFoundError(f"PISA checkpoint {spec!r}: no such folder (a Hub checkpoint is pisa:REPO_ID)")
+    else:
+        raise ValueError(
+            f"unknown model {spec!r}: expected a PISA checkpoint folder or one of "
+            f"{', '.join(sorted(_FACTORIES))} (NAME or NAME:CHECKPOINT)"
+        )
+    _check_options(name, factory, options)
+    return factory(argument, device=device, dtype=dtype, **options)
+
+
+def _check_options(name: str, factory: Callable, options: dict) -> None:
+    accepted = [
+        parameter.name
+        for parameter in inspect.signature(factory).parameters.values()
+        if parameter.kind == parameter.KEYWORD_ONLY and parameter.name not in ("device", "dtype")
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = ", ".join(accepted) if accepted else "none"
+        raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))} (its options: {takes})")
+
+
+def parse_option(text: str) -> tuple:
+    """`"threshold=0.4"` -> `("threshold", 0.4)`: ints, floats, true/false/none are converted, the rest stays text."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise ValueError(f"adapter option {text!r} is not NAME=VALUE")
+    value = value.strip()
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    if lowered == "none":
+        return key, None
+    for convert in (int, float):
+        try:
+            return key, convert(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def require_argument(name: str, argument: Optional[str], form: str) -> str:
+    if not argument:
+        raise ValueError(f"{name} needs a checkpoint: --model {form}")
+    return argument
+
+
+def checked_checkpoint(checkpoint: str, what: str) -> str:
+    """A local folder (must exist) or a Hub repo id; a missing local folder is refused here, in one line."""
+    expanded = os.path.expanduser(checkpoint)
+    if os.path.isdir(expanded):
+        return expanded
+    looks_like_path = expanded.startswith((os.sep, ".", "~")) or expanded.count("/") > 1 or os.path.exists(expanded)
+    if looks_like_path:
+        raise FileNotFoundError(f"{what} checkpoint {checkpoint!r}: no such folder")
+    return checkpoint
+
+
+def load_pretrained(load: Callable, checkpoint: str, what: str, **kwargs):
+    """`load(checkpoint, **kwargs)` (a `from_pretrained`), its errors turned into one line naming the checkpoint."""
+    checkpoint = checked_checkpoint(checkpoint, what)
+    try:
+        return load(checkpoint, **kwargs)
+    except (OSError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load the {what} checkpoint {checkpoint!r}: {first_line}") from None
+
+
+def to_device(inputs, device, dtype) -> dict:
+    """Tensors of a processor's output moved to `device`, floating ones cast to `dtype`."""
+    import torch
+
+    moved = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+        moved[key] = value
+    return moved
+
+
+def resolve_dtype(dtype):
+    """`"bfloat16"` / `torch.bfloat16` / None -> a torch dtype or None."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(names)}")
+    return names[dtype]
+
+
+def prepare_model(model, device, dtype):
+    """The model in eval mode on `device` / `dtype` (CPU and the checkpoint's dtype by default)."""
+    model.eval()
+    return model.to(device=device or "cpu", dtype=resolve_dtype(dtype))
+
+
+def upsample_probabilities(probabilities, size: tuple) -> np.ndarray:
+    """(h, w) or (n, h, w) float tensor -> bilinear to (n, H, W) float32 numpy array; `size` is (H, W)."""
+    import torch.nn.functional as F
+
+    if probabilities.ndim == 2:
+        probabilities = probabilities[None]
+    resized = F.interpolate(probabilities[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return resized.cpu().numpy()
+
+
+def as_bool_mask(mask, image) -> np.ndarray:
+    """Check that a predicted mask is bool (image.height, image.width)."""
+    mask = np.asarray(mask)
+    if mask.shape != (image.height, image.width):
+        raise ValueError(f"predicted mask of shape {mask.shape} for an image of size {image.height}x{image.width}")
+    return mask.astype(bool, copy=False)
