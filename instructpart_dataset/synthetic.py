@@ -89,7 +89,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple, fill) -> None
     elif shape == "ring":
         draw.ellipse(box, fill=fill)
         inset_x, inset_y = max(1, (x1 - x0) // 4), max(1, (y1 - y0) // 4)
-        draw.ellipse((x0 + inset_x, y0 + inset_y, x1 - inset_x, y1 - inset_y), fill=0)
+        if x1 - x0 > 2 * inset_x and y1 - y0 > 2 * inset_y:  # tiny rings stay solid
+            draw.ellipse((x0 + inset_x, y0 + inset_y, x1 - inset_x, y1 - inset_y), fill=0)
     else:
         raise ValueError(f"unknown shape {shape!r}")
 

@@ -1,0 +1,77 @@
+"""A transformers pipeline for PISA: (image, instruction) -> the image-segmentation output format.
+
+Saved checkpoints declare it in `config.custom_pipelines`, so that
+
+    pipeline(model=folder, trust_remote_code=True)(image, instruction="If I want to pour water, ...")
+
+works in a process that cannot import this package. It returns
+`[{"label": instruction, "score": float, "mask": PIL.Image (mode "L", 0/255)}]`, where the score is the mean
+predicted probability over the mask's pixels (0.0 for an empty mask).
+"""
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import Pipeline
+from transformers.image_utils import load_image
+
+PIPELINE_TASK = "instruction-part-segmentation"
+
+
+def pipeline_registration() -> dict:
+    """The `custom_pipelines` entry written into saved configs (what `Pipeline.save_pretrained` would write)."""
+    return {"impl": "pipeline_pisa.PisaPartSegmentationPipeline", "pt": ["AutoModel"], "tf": [], "type": "multimodal"}
+
+
+class PisaPartSegmentationPipeline(Pipeline):
+    """Segments the object part an instruction asks for. Call with `(image, instruction=...)`, or with a dict or a
+    list of dicts `{"image": ..., "instruction": ...}`; images may be PIL images, paths or URLs."""
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def _sanitize_parameters(self, instruction=None, threshold=None, **kwargs):
+        preprocess = {"instruction": instruction} if instruction is not None else {}
+        postprocess = {"threshold": threshold} if threshold is not None else {}
+        return preprocess, {}, postprocess
+
+    def __call__(self, inputs, instruction=None, **kwargs):
+        return super().__call__(inputs, instruction=instruction, **kwargs)
+
+    def preprocess(self, inputs, instruction=None):
+        if isinstance(inputs, dict):
+            instruction = inputs.get("instruction", instruction)
+            inputs = inputs["image"]
+        if not instruction:
+            raise ValueError("PisaPartSegmentationPipeline needs an instruction: pipe(image, instruction='...')")
+        image = load_image(inputs)
+        batch = self.processor(images=[image], text=[instruction])
+        batch["instruction"] = instruction
+        return batch
+
+    def _forward(self, model_inputs):
+        instruction = model_inputs.pop("instruction")
+        outputs = self.model(**self.model.prepare_inputs(model_inputs), logits_to_keep=1)
+        return {
+            "pred_masks": outputs.pred_masks,
+            "original_sizes": model_inputs["original_sizes"],
+            "reshaped_input_sizes": model_inputs["reshaped_input_sizes"],
+            "instruction": instruction,
+        }
+
+    def postprocess(self, model_outputs, threshold=0.0):
+        logits = self.processor.post_process_masks(
+            model_outputs["pred_masks"].float().cpu(),
+            model_outputs["original_sizes"].cpu(),
+            model_outputs["reshaped_input_sizes"].cpu(),
+            threshold=None,
+        )[0]
+        mask = logits > threshold
+        score = float(torch.sigmoid(logits[mask]).mean()) if bool(mask.any()) else 0.0
+        image = Image.fromarray(mask.numpy().astype(np.uint8) * 255, mode="L")
+        return [{"label": model_outputs["instruction"], "score": score, "mask": image}]
+
+
+__all__ = ["PIPELINE_TASK", "PisaPartSegmentationPipeline", "pipeline_registration"]

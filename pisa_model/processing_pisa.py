@@ -1,0 +1,214 @@
+"""PISA processor: prompt template + tokenizer, LLaVA image processor, and the mask branch's image processor.
+
+The mask branch (frozen DINOv2 -> SAM decoder) sees each image resized so that
+its longest side is `mask_input_size` and padded bottom/right to a square, the
+way SAM feeds its encoder: this is what lets `post_process_masks` undo the
+geometry exactly (upsample to the padded square, crop the padding, resize to
+the original size). It is a `SamImageProcessorPil` with DINOv2's (ImageNet)
+normalisation, because DINOv2's own processor centre-crops, which cannot be undone.
+"""
+
+import numpy as np
+import torch
+from transformers import BatchFeature, ProcessorMixin
+
+# LISA's prompt and answer, in the llava-1.5-hf conversation format.
+DEFAULT_PROMPT_TEMPLATE = "USER: <image>\n{instruction} Please output segmentation mask. ASSISTANT:"
+DEFAULT_ANSWER = " Sure, it is [SEG]."
+IGNORE_INDEX = -100
+
+
+class PisaProcessor(ProcessorMixin):
+    r"""
+    Builds PISA's inputs from images, instructions and (for training) ground-truth masks.
+
+    Each instruction becomes `prompt_template.format(instruction=...)` (its `<image>` expanded to one token per
+    LLaVA image feature) followed by the fixed `answer` and EOS: the model reads the `[SEG]` in the answer, so
+    the same token sequence is used in training (teacher forcing, loss on the answer only) and prediction.
+
+    Args:
+        image_processor: LLaVA's image processor (CLIP).
+        mask_image_processor (`SamImageProcessorPil`): the mask branch's resize-longest-side + pad processor.
+        tokenizer: a tokenizer holding `image_token` and `seg_token`.
+        prompt_template (`str`): must contain `<image>` (the `image_token`) and `{instruction}` once each.
+        answer (`str`): the assistant's answer; must contain `seg_token` once.
+        patch_size, vision_feature_select_strategy, num_additional_image_tokens: as in `LlavaProcessor`, to count
+            the image tokens (`(H / patch) * (W / patch) + num_additional_image_tokens`, minus the CLS token for
+            the "default" strategy).
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        mask_image_processor=None,
+        tokenizer=None,
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        answer: str = DEFAULT_ANSWER,
+        image_token: str = "<image>",
+        seg_token: str = "[SEG]",
+        patch_size: int = 14,
+        vision_feature_select_strategy: str = "default",
+        num_additional_image_tokens: int = 1,
+        chat_template=None,
+        **kwargs,
+    ):
+        self.prompt_template = prompt_template
+        self.answer = answer
+        self.image_token = image_token
+        self.seg_token = seg_token
+        self.patch_size = patch_size
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.num_additional_image_tokens = num_additional_image_tokens
+        if prompt_template.count(image_token) != 1 or prompt_template.count("{instruction}") != 1:
+            raise ValueError(
+                f"prompt_template must contain {image_token!r} and '{{instruction}}' exactly once: {prompt_template!r}"
+            )
+        if answer.count(seg_token) != 1:
+            raise ValueError(f"answer must contain {seg_token!r} exactly once: {answer!r}")
+        super().__init__(image_processor, mask_image_processor, tokenizer, chat_template=chat_template)
+        for token in (image_token, seg_token):
+            ids = tokenizer.encode(token, add_special_tokens=False)
+            if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+                raise ValueError(f"the tokenizer has no single token for {token!r} (got ids {ids})")
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.seg_token_id = tokenizer.convert_tokens_to_ids(seg_token)
+
+    @property
+    def mask_input_size(self) -> int:
+        return int(self.mask_image_processor.pad_size["height"])
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        count = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
+        return count - 1 if self.vision_feature_select_strategy == "default" else count
+
+    def __call__(self, images=None, text=None, masks=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        r"""
+        Args:
+            images (`PIL.Image.Image` or list of them): RGB images (other modes are converted).
+            text (`str` or `list[str]`): one instruction per image.
+            masks (`np.ndarray` or list of them, *optional*): ground-truth part masks, bool or 0/1, each of its
+                image's size (H, W). When given, `labels` and `mask_labels` are returned too.
+
+        Returns:
+            `BatchFeature` with
+            - `input_ids`, `attention_mask` (B, L): right-padded token ids of prompt + answer + EOS.
+            - `pixel_values` (B, 3, h, w): LLaVA's image input.
+            - `mask_pixel_values` (B, 3, S, S): the mask branch's input, S = `mask_input_size`.
+            - `original_sizes`, `reshaped_input_sizes` (B, 2): (H, W) before and after the resize.
+            - with masks: `labels` (B, L), the token ids with everything but the answer and EOS set to -100,
+              and `mask_labels` (B, S, S) float 0/1, the masks resized (nearest) and padded like `mask_pixel_values`.
+        """
+        if images is None or text is None:
+            raise ValueError("PisaProcessor needs both `images` and `text` (one instruction per image)")
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        text = [text] if isinstance(text, str) else list(text)
+        if len(images) != len(text):
+            raise ValueError(f"got {len(images)} images and {len(text)} instructions: need one instruction per image")
+        for index, instruction in enumerate(text):
+            if not isinstance(instruction, str) or not instruction.strip():
+                raise ValueError(f"instruction {index} must be a non-empty string, got {instruction!r}")
+            if self.image_token in instruction or self.seg_token in instruction:
+                raise ValueError(
+                    f"instruction {index} contains a reserved token ({self.image_token} or {self.seg_token})"
+                )
+        images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
+        if masks is not None:
+            masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
+            if len(masks) != len(images):
+                raise ValueError(f"got {len(masks)} masks for {len(images)} images")
+            masks = [self._check_mask(mask, image, index) for index, (mask, image) in enumerate(zip(masks, images))]
+
+        llava_inputs = self.image_processor(images, return_tensors="pt")
+        mask_inputs = self.mask_image_processor(images, segmentation_maps=masks, return_tensors="pt")
+        height, width = llava_inputs["pixel_values"].shape[-2:]
+        ids, labels = self._tokenize(text, self.num_image_tokens(height, width))
+
+        data = {
+            "pixel_values": llava_inputs["pixel_values"],
+            "mask_pixel_values": mask_inputs["pixel_values"],
+            "original_sizes": torch.as_tensor(np.asarray(mask_inputs["original_sizes"]), dtype=torch.long),
+            "reshaped_input_sizes": torch.as_tensor(np.asarray(mask_inputs["reshaped_input_sizes"]), dtype=torch.long),
+        }
+        data.update(self._pad(ids, labels if masks is not None else None))
+        if masks is not None:
+            data["mask_labels"] = torch.stack([torch.as_tensor(m) for m in mask_inputs["labels"]]).float()
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _check_mask(mask, image, index: int) -> np.ndarray:
+        mask = np.asarray(mask)
+        width, height = (
+            image.size if hasattr(image, "size") and not isinstance(image, np.ndarray) else image.shape[1::-1]
+        )
+        if mask.shape != (height, width):
+            raise ValueError(f"mask {index} has shape {mask.shape}, its image is {height}x{width} (H x W)")
+        return (mask > 0).astype(np.uint8)
+
+    def _tokenize(self, instructions, num_image_tokens):
+        tokenizer = self.tokenizer
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer needs an EOS token")
+        prompts = [
+            self.prompt_template.replace(self.image_token, self.image_token * num_image_tokens).replace(
+                "{instruction}", instruction.strip()
+            )
+            for instruction in instructions
+        ]
+        # Prompt and answer are tokenized apart so that the answer's ids (and the [SEG] position) are identical
+        # whatever the instruction: the boundary between prompt and answer is exact for every tokenizer.
+        prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        answer_ids = tokenizer(self.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = [list(p) + answer_ids for p in prompt_ids]
+        labels = [[IGNORE_INDEX] * len(p) + answer_ids for p in prompt_ids]
+        return ids, labels
+
+    def _pad(self, ids, labels=None) -> dict:
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+        length = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for row, tokens in enumerate(ids):
+            input_ids[row, : len(tokens)] = torch.as_tensor(tokens)
+            attention_mask[row, : len(tokens)] = 1
+        out = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if labels is not None:
+            padded = torch.full((len(ids), length), IGNORE_INDEX, dtype=torch.long)
+            for row, tokens in enumerate(labels):
+                padded[row, : len(tokens)] = torch.as_tensor(tokens)
+            out["labels"] = padded
+        return out
+
+    def post_process_masks(self, pred_masks, original_sizes, reshaped_input_sizes, threshold: float = 0.0):
+        r"""
+        Undo the mask branch's resize and padding.
+
+        Args:
+            pred_masks (`torch.Tensor` of shape (B, 1, h, w)): the model's low-res mask logits.
+            original_sizes, reshaped_input_sizes (B, 2): as returned by `__call__`.
+            threshold (`float` or `None`): binarise at logit > threshold; `None` returns the logits.
+
+        Returns:
+            list of B tensors of shape (H_i, W_i) at each image's original size: bool, or float logits.
+        """
+        if pred_masks.ndim != 4 or pred_masks.shape[1] != 1:
+            raise ValueError(f"pred_masks must have shape (batch, 1, height, width), got {tuple(pred_masks.shape)}")
+        logits = [mask[None].float() for mask in pred_masks]
+        out = self.mask_image_processor.post_process_masks(
+            logits,
+            original_sizes,
+            reshaped_input_sizes,
+            mask_threshold=0.0 if threshold is None else threshold,
+            binarize=threshold is not None,
+        )
+        return [mask[0, 0] for mask in out]
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values", "mask_pixel_values"]
+
+
+PisaProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["DEFAULT_ANSWER", "DEFAULT_PROMPT_TEMPLATE", "IGNORE_INDEX", "PisaProcessor"]

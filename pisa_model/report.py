@@ -1,0 +1,479 @@
+"""The HTML report: paper-style tables, the ORPS − TRPS reasoning gap, gIoU per category, example overlays.
+
+    from pisa_model.report import write_report
+    html_path = write_report("out/report", {"PISA": scorer, ...}, {"PISA": "out/predictions/PISA", ...},
+                             [trps_test, orps_test])
+
+or from the command line, scoring prediction folders first:
+
+    python -m pisa_model.report --data-dir RELEASE_OR_HUB --split test \\
+        --predictions full-image=out/predictions/full-image --predictions PISA=out/predictions/PISA --out out/report
+
+Writes `<out>/report.html` (one self-contained page: styles inline, every picture a PNG data URI)
+and `<out>/report.json` (the numbers on the page, fractions in [0, 1]).
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from instructpart_dataset.schema import CONFIGS, INSTRUCTION_TYPES
+from instructpart_metric import METRIC_KEYS, StreamingScorer, format_table
+from instructpart_metric.cli import read_mask_png
+
+from . import report_html as html
+from .report_figures import bar_chart_png, model_colour, overlay_pngs
+
+BREAKDOWNS = ("object", "part", "affordance", "action")
+EXAMPLE_RANKS = ("best", "median", "worst")
+CONFIG_TITLES = {"trps": "TRPS (task reasoning)", "orps": "ORPS (oracle referring)"}
+CONFIG_OF_TYPE = {t: config for config, types in CONFIGS.items() for t in types}
+
+
+class RowIndex:
+    """Finds a dataset row by (instruction_type, sample id) across the given datasets (one per config).
+
+    Only the text columns are read up front; an image and its mask are decoded when a row is fetched.
+    """
+
+    def __init__(self, datasets):
+        self._datasets = list(datasets)
+        self._where = {}
+        self._labels = {}
+        for d, dataset in enumerate(self._datasets):
+            columns = dataset.select_columns(["id", "instruction_type", "instruction", *BREAKDOWNS]).to_dict()
+            for r, (sample, kind) in enumerate(zip(columns["id"], columns["instruction_type"])):
+                self._where[(kind, sample)] = (d, r)
+                self._labels[(kind, sample)] = {
+                    "instruction_type": kind,
+                    "instruction": columns["instruction"][r],
+                    **{name: columns[name][r] for name in BREAKDOWNS},
+                }
+
+    def __contains__(self, ref) -> bool:
+        return ref in self._where
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def labels(self, ref) -> dict:
+        """instruction_type, instruction, object, part, affordance and action of one row."""
+        if ref not in self._labels:
+            raise ValueError(f"sample {ref[1]!r} ({ref[0]}) is not in the dataset the report was given")
+        return self._labels[ref]
+
+    def row(self, ref) -> dict:
+        d, r = self._where[ref]
+        return self._datasets[d][r]
+
+
+def read_prediction(predictions_dir: str, instruction_type: str, sample: str, shape=None) -> np.ndarray:
+    """`<predictions_dir>/<instruction_type>/<sample>.png` as a bool mask, read as the scoring CLI reads it."""
+    path = os.path.join(predictions_dir, instruction_type, sample + ".png")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: prediction missing")
+    mask = read_mask_png(path, path) != 0
+    if shape is not None and mask.shape != tuple(shape):
+        raise ValueError(f"{path}: prediction is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
+    return mask
+
+
+def _sample_ref(sample: dict) -> tuple:
+    """(instruction_type, id) of one `StreamingScorer.samples()` record."""
+    kind = sample["labels"].get("instruction_type")
+    key = str(sample["key"])
+    if kind is None:
+        raise ValueError(f"scored sample {key!r} has no instruction_type label")
+    prefix = kind + "/"
+    return kind, key[len(prefix):] if key.startswith(prefix) else key
+
+
+def _relabelled(scorer: StreamingScorer, rows: RowIndex, model: str) -> list:
+    """The scorer's samples with the dataset's labels (config, type, object, part, affordance, action)."""
+    samples = []
+    for sample in scorer.samples():
+        ref = _sample_ref(sample)
+        if ref not in rows:
+            raise ValueError(f"model {model!r}: scored sample {ref[1]!r} ({ref[0]}) is not in the dataset")
+        labels = {k: v for k, v in rows.labels(ref).items() if k != "instruction"}
+        labels["config"] = CONFIG_OF_TYPE[ref[0]]
+        samples.append({**sample, "ref": ref, "labels": labels})
+    if not samples:
+        raise ValueError(f"model {model!r}: no scored samples")
+    return samples
+
+
+def _scorer_of(samples) -> StreamingScorer:
+    scorer = StreamingScorer()
+    for sample in samples:
+        scorer.add_counts(sample["intersection"], sample["union"], labels=sample["labels"], key="/".join(sample["ref"]))
+    return scorer
+
+
+def _plain(metrics: dict, count: int) -> dict:
+    return {**{key: float(metrics[key]) for key in METRIC_KEYS}, "num_samples": int(count)}
+
+
+def summarise(scorer: StreamingScorer, rows: RowIndex, model: str) -> dict:
+    """The numbers of one model: per instruction type, per config, the gap, per category, example refs."""
+    samples = _relabelled(scorer, rows, model)
+    everything = _scorer_of(samples)
+    by_type = everything.compute(by="instruction_type")
+    sizes = everything.group_sizes("instruction_type")
+    summary = {
+        "by_instruction_type": {t: _plain(by_type[t], sizes[t]) for t in INSTRUCTION_TYPES if t in by_type},
+        "by_config": {},
+        "breakdown": {},
+        "examples": {},
+    }
+    for config in CONFIGS:
+        chosen = [s for s in samples if s["labels"]["config"] == config]
+        if not chosen:
+            continue
+        config_scorer = _scorer_of(chosen)
+        summary["by_config"][config] = _plain(config_scorer.compute(), len(config_scorer))
+        summary["breakdown"][config] = {
+            name: {value: float(m["gIoU"]) for value, m in config_scorer.compute(by=name).items()}
+            for name in BREAKDOWNS
+        }
+        ranked = sorted(chosen, key=lambda s: (s["iou"], INSTRUCTION_TYPES.index(s["ref"][0]), s["ref"][1]))
+        picks = {"best": ranked[-1], "median": ranked[len(ranked) // 2], "worst": ranked[0]}
+        summary["examples"][config] = {
+            rank: {"instruction_type": s["ref"][0], "id": s["ref"][1], "iou": float(s["iou"])}
+            for rank, s in picks.items()
+        }
+    if "trps" in summary["by_config"] and "orps" in summary["by_config"]:
+        trps, orps = summary["by_config"]["trps"], summary["by_config"]["orps"]
+        summary["reasoning_gap"] = {key: orps[key] - trps[key] for key in METRIC_KEYS}
+    else:
+        summary["reasoning_gap"] = None
+    return summary
+
+
+def console_tables(summaries: dict) -> str:
+    """Paper-style text tables, one per model, rows per instruction type then TRPS / ORPS / gap."""
+    blocks = []
+    for model, summary in summaries.items():
+        rows = dict(summary["by_instruction_type"])
+        rows.update({config.upper(): metrics for config, metrics in summary["by_config"].items()})
+        blocks.append(f"== {model} ==\n" + format_table(rows, row_header="instruction_type"))
+        gap = summary["reasoning_gap"]
+        if gap:
+            blocks.append(
+                "ORPS - TRPS gap (points): "
+                + "  ".join(f"{key} {100 * gap[key]:+.2f}" for key in html.METRIC_COLUMNS)
+            )
+    return "\n".join(blocks)
+
+
+# ---------------------------------------------------------------- page sections
+
+
+def _headline_section(summaries: dict) -> str:
+    cards = []
+    for m, (model, summary) in enumerate(summaries.items()):
+        figures = []
+        for config in CONFIGS:
+            metrics = summary["by_config"].get(config)
+            if metrics:
+                figures.append(f"<div><b>{html.percent(metrics['gIoU'])}</b><span>{config.upper()} gIoU</span></div>")
+        gap = summary["reasoning_gap"]
+        if gap:
+            figures.append(f"<div><b>{100 * gap['gIoU']:+.2f}</b><span>ORPS − TRPS</span></div>")
+        cards.append(
+            f'<div class="card model-card" style="--chip:{model_colour(m)}">'
+            f'<h3><span class="chip"></span>{html.escape(model)}</h3><div class="big">{"".join(figures)}</div></div>'
+        )
+    return (
+        '<section id="headline"><h2>At a glance</h2>'
+        '<p class="lead">gIoU on each task, in percent, and how much easier the part gets once it is named.</p>'
+        f'<div class="cards">{"".join(cards)}</div></section>'
+    )
+
+
+def _paper_table_section(summaries: dict) -> str:
+    """One row per model, TRPS and ORPS column groups: the layout of the paper's main table."""
+    configs = [c for c in CONFIGS if any(c in s["by_config"] for s in summaries.values())]
+    best = {}
+    for config in configs:
+        found = [s["by_config"][config] for s in summaries.values() if config in s["by_config"]]
+        if len(found) > 1:
+            best[config] = {k: max(m[k] for m in found) for k in METRIC_KEYS if len({m[k] for m in found}) > 1}
+    groups = "".join(f'<th colspan="{len(METRIC_KEYS)}" class="group">{config.upper()}</th>' for config in configs)
+    metrics = "".join(
+        f'<th{" class=group-start" if k == 0 else ""}>{html.escape(key)}</th>'
+        for _ in configs
+        for k, key in enumerate(html.METRIC_COLUMNS)
+    )
+    rows = []
+    for m, (model, summary) in enumerate(summaries.items()):
+        cells = "".join(
+            html.metric_cells(summary["by_config"].get(config, {}), best.get(config), config=config)
+            for config in configs
+        )
+        rows.append(
+            f'<tr data-model="{html.escape(model)}" data-row="paper"><td class="text" style="--chip:{model_colour(m)}">'
+            f'<span class="chip"></span>{html.escape(model)}</td>{cells}</tr>'
+        )
+    return (
+        '<section id="paper"><h2>Main results</h2>'
+        '<p class="lead">TRPS: task instructions (human, GPT-4); ORPS: the part named (four phrasings). '
+        "Percentages; the best model per column is in green.</p>"
+        f'<table id="paper-table" class="wide"><thead><tr><th rowspan="2" class="text">Model</th>{groups}</tr>'
+        f'<tr>{metrics}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>'
+    )
+
+
+def _results_table_section(summaries: dict) -> str:
+    kinds = [t for t in INSTRUCTION_TYPES if any(t in s["by_instruction_type"] for s in summaries.values())]
+    configs = [c for c in CONFIGS if any(c in s["by_config"] for s in summaries.values())]
+
+    def best_of(pick):
+        found = [pick(s) for s in summaries.values() if pick(s)]
+        if len(found) < 2:
+            return None
+        # A column where every model ties has no winner to mark.
+        return {key: max(m[key] for m in found) for key in METRIC_KEYS if len({m[key] for m in found}) > 1}
+
+    best_type = {t: best_of(lambda s, t=t: s["by_instruction_type"].get(t)) for t in kinds}
+    best_config = {c: best_of(lambda s, c=c: s["by_config"].get(c)) for c in configs}
+    body = []
+    for m, (model, summary) in enumerate(summaries.items()):
+        body.append(
+            f'<tr class="model-row" data-model="{html.escape(model)}"><td colspan="7" style="--chip:{model_colour(m)}">'
+            f'<span class="chip"></span>{html.escape(model)}</td></tr>'
+        )
+        for config in configs:
+            for kind in CONFIGS[config]:
+                if kind in summary["by_instruction_type"]:
+                    body.append(
+                        f'<tr data-model="{html.escape(model)}" data-row="{kind}"><td class="text"></td>'
+                        f'<td class="text">{kind}</td>'
+                        + html.metric_cells(summary["by_instruction_type"][kind], best_type[kind], with_count=True)
+                        + "</tr>"
+                    )
+            if config in summary["by_config"]:
+                body.append(
+                    f'<tr class="subtotal" data-model="{html.escape(model)}" data-row="{config}"><td class="text"></td>'
+                    f'<td class="text">{config.upper()} (all)</td>'
+                    f"{html.metric_cells(summary['by_config'][config], best_config[config], with_count=True)}</tr>"
+                )
+    return (
+        '<section id="results"><h2>Results by instruction type</h2>'
+        '<p class="lead">Percentages, columns in the paper\'s order; the best model per row is in green.</p>'
+        f'<table id="results-table"><thead>{html.header_cells("Model", "Instruction type", with_count=True)}</thead>'
+        f'<tbody>{"".join(body)}</tbody></table></section>'
+    )
+
+
+def _gap_section(summaries: dict) -> str:
+    if not any(summary["reasoning_gap"] for summary in summaries.values()):
+        return ""  # it needs both TRPS and ORPS rows
+    rows = []
+    for m, (model, summary) in enumerate(summaries.items()):
+        rows.append(
+            f'<tr data-model="{html.escape(model)}" data-row="gap"><td style="--chip:{model_colour(m)}">'
+            f'<span class="chip"></span>{html.escape(model)}</td>{html.gap_cells(summary["reasoning_gap"])}</tr>'
+        )
+    return (
+        '<section id="gap"><h2>Reasoning gap: ORPS − TRPS</h2>'
+        '<p class="lead">Percentage points gained when the instruction names the part instead of the task. '
+        "A large positive gap means the model finds named parts but cannot reason from the task to the part.</p>"
+        f'<table id="gap-table"><thead>{html.header_cells("Model")}</thead><tbody>{"".join(rows)}</tbody></table>'
+        "</section>"
+    )
+
+
+def _charts_section(summaries: dict, rows: RowIndex, figures_dir: str | None) -> str:
+    models = list(summaries)
+    configs = [c for c in CONFIGS if any(c in s["breakdown"] for s in summaries.values())]
+    blocks = []
+    for name in BREAKDOWNS:
+        entries = {}
+        for kind, sample in rows:
+            entries.setdefault(rows.labels((kind, sample))[name], set()).add(sample)
+        counts = {value: len(ids) for value, ids in entries.items()}
+        panels = {
+            CONFIG_TITLES[c]: {m: summaries[m]["breakdown"].get(c, {}).get(name, {}) for m in models} for c in configs
+        }
+        png = bar_chart_png(f"gIoU per {name}", panels, models, counts)
+        if figures_dir:
+            with open(os.path.join(figures_dir, f"giou_per_{name}.png"), "wb") as f:
+                f.write(png)
+        blocks.append(
+            f'<div class="figure"><img id="chart-{name}" alt="gIoU per {name}" src="{html.data_uri(png)}"></div>'
+        )
+    return (
+        '<section id="breakdown"><h2>gIoU per object, part, affordance and action</h2>'
+        '<p class="lead">Each category lists its number of annotated parts; best categories on top.</p>'
+        f'{"".join(blocks)}</section>'
+    )
+
+
+def _examples_section(summaries: dict, predictions: dict, rows: RowIndex, max_side: int) -> str:
+    legend = (
+        '<p class="lead legend"><span><i style="background:var(--truth)"></i>ground truth</span>'
+        '<span><i style="background:var(--pred)"></i>prediction (truth outlined in green)</span></p>'
+    )
+    blocks = []
+    jobs = [(m, c) for m, s in summaries.items() for c in s["examples"]]
+    for model, config in tqdm(jobs, desc="report examples", leave=False):
+        cards = []
+        for rank in EXAMPLE_RANKS:
+            pick = summaries[model]["examples"][config][rank]
+            ref = (pick["instruction_type"], pick["id"])
+            row = rows.row(ref)
+            image, truth = row["image"], np.asarray(row["mask"], dtype=bool)
+            prediction = read_prediction(predictions[model], *ref, shape=truth.shape)
+            panels = overlay_pngs(image, truth, prediction, max_side=max_side)
+            figures = "".join(
+                f'<figure><img alt="{caption}" src="{html.data_uri(png)}"><figcaption>{caption}</figcaption></figure>'
+                for caption, png in zip(("image", "truth", "prediction"), panels)
+            )
+            cards.append(
+                f'<div class="example" data-rank="{rank}"><span class="tag {rank}">{rank}</span>'
+                f'<span class="iou">IoU {html.percent(pick["iou"])}</span>'
+                f'<blockquote>“{html.escape(row["instruction"])}”</blockquote>'
+                f'<div class="meta">{html.escape(ref[0])} · {html.escape(row["object"])} → '
+                f'{html.escape(row["part"])} · {html.escape(ref[1])}</div>'
+                f'<div class="panels">{figures}</div></div>'
+            )
+        blocks.append(
+            f'<div class="examples" data-model="{html.escape(model)}" data-config="{config}">'
+            f"<h3>{html.escape(model)} · {CONFIG_TITLES[config]}</h3>"
+            f'<div class="grid">{"".join(cards)}</div></div>'
+        )
+    return (
+        '<section id="examples"><h2>Best, median and worst samples</h2>'
+        f"{legend}{''.join(blocks)}</section>"
+    )
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the page from other users
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def write_report(
+    output_dir: str,
+    scorers: dict,
+    predictions: dict,
+    datasets,
+    *,
+    title: str = "InstructPart results",
+    subtitle: str = "",
+    example_size: int = 280,
+    save_figures: bool = False,
+) -> str:
+    """Write `report.html` and `report.json` into `output_dir`; return the path of the page.
+
+    scorers: model name -> `StreamingScorer` whose samples carry the `instruction_type` label and the
+        sample id as key (optionally prefixed `<instruction_type>/`); the other labels come from `datasets`.
+    predictions: model name -> folder of `<instruction_type>/<id>.png` (the example overlays read them).
+    datasets: the scored rows (one `load_instructpart` dataset per config), for images, masks, instructions.
+    save_figures: also write each bar chart as `giou_per_<category>.png` beside the page.
+    """
+    if not scorers:
+        raise ValueError("no models to report")
+    missing = [m for m in scorers if m not in predictions]
+    if missing:
+        raise ValueError(f"no predictions folder for model(s) {', '.join(map(repr, missing))}")
+    rows = RowIndex(datasets)
+    summaries = {model: summarise(scorer, rows, model) for model, scorer in scorers.items()}
+    os.makedirs(output_dir, exist_ok=True)
+    body = "\n".join(
+        [
+            _headline_section(summaries),
+            _paper_table_section(summaries),
+            _results_table_section(summaries),
+            _gap_section(summaries),
+            _charts_section(summaries, rows, output_dir if save_figures else None),
+            _examples_section(summaries, predictions, rows, example_size),
+        ]
+    )
+    entries = len({sample for _, sample in rows})
+    plural = "s" if len(summaries) != 1 else ""
+    counts = f"{entries} annotated parts · {len(list(rows))} instruction rows · {len(summaries)} model{plural}"
+    subtitle = f"{subtitle} · {counts}" if subtitle else counts
+    html_path = os.path.join(output_dir, "report.html")
+    _write_atomic(os.path.join(output_dir, "report.json"), json.dumps({"models": summaries}, indent=1))
+    _write_atomic(html_path, html.page(title, subtitle, body))
+    return html_path
+
+
+def score_folder(predictions_dir: str, datasets, rows: RowIndex | None = None) -> StreamingScorer:
+    """Score `<predictions_dir>/<instruction_type>/<id>.png` against every row of `datasets`."""
+    scorer = StreamingScorer()
+    for dataset in datasets:
+        for row in tqdm(dataset, desc=f"scoring {os.path.basename(predictions_dir.rstrip('/'))}", leave=False):
+            truth = np.asarray(row["mask"], dtype=bool)
+            prediction = read_prediction(predictions_dir, row["instruction_type"], row["id"], shape=truth.shape)
+            scorer.add(
+                prediction,
+                truth,
+                labels={"instruction_type": row["instruction_type"], **{k: row[k] for k in BREAKDOWNS}},
+                key=f"{row['instruction_type']}/{row['id']}",
+            )
+    return scorer
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m pisa_model.report", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", required=True, help="a release folder or an exported Hub dataset folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--predictions", action="append", required=True, metavar="NAME=DIR",
+        help="a model's predictions folder (<instruction_type>/<id>.png); repeat for each model",
+    )
+    parser.add_argument("--out", required=True, help="folder for report.html and report.json")
+    parser.add_argument("--title", default="InstructPart results")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    try:
+        from instructpart_dataset import load_instructpart
+
+        predictions = {}
+        for item in args.predictions:
+            name, sep, folder = item.partition("=")
+            if not sep or not name or not folder:
+                raise ValueError(f"--predictions {item!r}: expected NAME=DIR")
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"{folder}: predictions folder not found")
+            predictions[name] = folder
+        datasets = [load_instructpart(args.data_dir, config=c, split=args.split) for c in CONFIGS]
+        scorers = {name: score_folder(folder, datasets) for name, folder in predictions.items()}
+        path = write_report(
+            args.out, scorers, predictions, datasets, title=args.title,
+            subtitle=f"{args.data_dir} · split {args.split}",
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"report written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

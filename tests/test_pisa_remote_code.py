@@ -1,0 +1,139 @@
+"""Saved checkpoints load where this package cannot be imported (trust_remote_code), and from_components."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pisa_model import PisaForPartSegmentation
+from pisa_model.testing import save_tiny_components, tiny_pisa
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import importlib.abc, importlib.util, json, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        # Our packages may be installed (editable) in this venv: make them unimportable here.
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("pisa_model", "instructpart_dataset", "instructpart_metric"):
+                raise ModuleNotFoundError(f"blocked: {name}")
+
+    sys.meta_path.insert(0, Block())
+    sys.path = [p for p in sys.path if p not in ("", ".")]
+    try:
+        import pisa_model
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise SystemExit("pisa_model is importable")
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    folder, image_path, out_path = sys.argv[1:4]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    image = Image.open(image_path)
+    (mask,) = model.predict([image], ["lid of the kettle"], processor=processor)
+    pipe = pipeline(model=folder, trust_remote_code=True)
+    (result,) = pipe(image, instruction="lid of the kettle")
+    np.save(out_path, mask)
+    model.save_pretrained(out_path + ".resaved")  # remote code saves complete checkpoints too
+    print(json.dumps({
+        "model_class": type(model).__module__ + "." + type(model).__name__,
+        "processor_class": type(processor).__module__ + "." + type(processor).__name__,
+        "pipeline_class": type(pipe).__name__,
+        "label": result["label"], "score": result["score"],
+        "pipeline_mask": np.asarray(result["mask"]).tolist(), "mask_mode": result["mask"].mode,
+        "loaded": sorted(m for m in sys.modules if m.split(".")[0] == "pisa_model"),
+    }))
+    """
+)
+
+
+def test_fresh_process_loads_model_processor_and_pipeline_without_the_package(tmp_path):
+    model, _ = tiny_pisa(seed=0)
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_pisa.PisaForPartSegmentation"
+    assert set(config["custom_pipelines"]) == {"instruction-part-segmentation"}
+    for name in ("configuration_pisa.py", "modeling_pisa.py", "processing_pisa.py", "pipeline_pisa.py"):
+        assert (folder / name).is_file(), name
+
+    rng = np.random.default_rng(4)
+    image = Image.fromarray(rng.integers(0, 255, (333, 517, 3), dtype=np.uint8))  # odd size, W=517 H=333
+    image.save(tmp_path / "image.png")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    run = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder), str(tmp_path / "image.png"), str(tmp_path / "mask.npy")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    assert report["model_class"].startswith("transformers_modules.") and report["model_class"].endswith(
+        ".PisaForPartSegmentation"
+    )
+    assert report["processor_class"].endswith("processing_pisa.PisaProcessor")
+    assert report["pipeline_class"] == "PisaPartSegmentationPipeline"
+
+    expected = model.predict([Image.open(tmp_path / "image.png")], ["lid of the kettle"])[0]
+    assert np.array_equal(np.load(tmp_path / "mask.npy"), expected) and expected.shape == (333, 517)
+    # The pipeline's output format: label, score in [0, 1], mask as a mode-L 0/255 image of the same pixels.
+    assert report["label"] == "lid of the kettle" and 0.0 <= report["score"] <= 1.0 and report["mask_mode"] == "L"
+    assert np.array_equal(np.asarray(report["pipeline_mask"]) > 0, expected)
+    resaved = PisaForPartSegmentation.from_pretrained(str(tmp_path / "mask.npy") + ".resaved")
+    assert np.array_equal(resaved.predict([Image.open(tmp_path / "image.png")], ["lid of the kettle"])[0], expected)
+
+
+def test_from_components_copies_the_pretrained_parts(tmp_path):
+    llava_path, dinov2_path, sam_path = save_tiny_components(str(tmp_path / "parts"))
+    from transformers import Dinov2Model, LlavaForConditionalGeneration, SamModel
+
+    model = PisaForPartSegmentation.from_components(llava_path, dinov2_path, sam_path, mask_input_size=64, lora_rank=0)
+    processor = model.processor
+    assert processor.tokenizer.convert_ids_to_tokens(model.config.seg_token_id) == "[SEG]"
+    assert model.config.seg_token_id == processor.seg_token_id == len(processor.tokenizer) - 1
+
+    llava = LlavaForConditionalGeneration.from_pretrained(llava_path)
+    for name, tensor in llava.state_dict().items():
+        ours = model.llava.state_dict()[name]
+        if ours.shape != tensor.shape:  # the resized token embeddings / LM head keep the old rows
+            assert ours.shape[0] == tensor.shape[0] + 1 and torch.equal(ours[: tensor.shape[0]], tensor), name
+        else:
+            assert torch.equal(ours, tensor), name
+    dinov2 = Dinov2Model.from_pretrained(dinov2_path)
+    ours = model.dinov2.state_dict()
+    for name, tensor in dinov2.state_dict().items():
+        if name in ours:
+            assert torch.equal(ours[name], tensor), name
+    assert not any(p.requires_grad for p in model.dinov2.parameters())
+    sam = SamModel.from_pretrained(sam_path)
+    for part in ("prompt_encoder", "mask_decoder"):
+        theirs = getattr(sam, part).state_dict()
+        for name, tensor in getattr(model, part).state_dict().items():
+            assert torch.equal(tensor, theirs[name]), f"{part}.{name}"
+    # The DINOv2 processor's normalisation is the one the mask branch uses.
+    assert list(processor.mask_image_processor.image_mean) == pytest.approx([0.485, 0.456, 0.406])
+
+    folder = tmp_path / "assembled"
+    model.save_pretrained(folder)
+    loaded = PisaForPartSegmentation.from_pretrained(folder)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    assert np.array_equal(loaded.predict([image], ["armrest"])[0], model.predict([image], ["armrest"])[0])
