@@ -1,0 +1,111 @@
+"""The evaluate module: offline load from the checkout, add_batch loops and groups against a naive loop,
+errors, and a renamed copy (as the Hub Space will hold it) that works without the installed package."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from test_metric_core import mask_pairs, masks_with, naive_counts, naive_metrics
+
+evaluate = pytest.importorskip("evaluate")
+
+MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "instructpart_metric")
+
+
+@pytest.fixture(scope="module")
+def metric(tmp_path_factory):
+    return evaluate.load(MODULE_DIR, cache_dir=str(tmp_path_factory.mktemp("evaluate-cache")))
+
+
+def test_compute_on_hand_made_pairs(metric):
+    tie, truth = masks_with((4, 5), intersection=2, prediction_only=0, reference_only=2)  # IoU 1/2
+    empty = np.zeros((4, 5), bool)
+    result = metric.compute(predictions=[tie, empty, empty], references=[truth, empty, truth])
+    # IoUs 0.5, 1 (both empty), 0; cIoU = (2 + 0 + 0) / (4 + 0 + 4)
+    assert result == {"gIoU": 0.5, "cIoU": 0.25, "P@50:95": (1 + 10 + 0) / 30, "P@50": 2 / 3, "num_samples": 3}
+
+
+def test_pil_images_and_thresholded_floats(metric):
+    truth = np.array([[1, 1, 0, 0]], dtype=bool)
+    probabilities = np.array([[0.9, 0.5, 0.7, 0.1]])
+    result = metric.compute(
+        predictions=[probabilities, Image.fromarray(truth)],
+        references=[truth, Image.fromarray(truth.astype(np.uint8), "L")],
+        threshold=0.5,
+    )
+    assert result["cIoU"] == (1 + 2) / (3 + 2)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.tuples(mask_pairs(), st.sampled_from(["human", "gpt4"])), min_size=1, max_size=10), st.integers(1, 4)
+)
+def test_add_batch_loops_with_groups_agree_with_a_naive_loop(metric, samples, batch_size):
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        metric.add_batch(
+            predictions=[pair[0] for pair, _ in batch],
+            references=[pair[1] for pair, _ in batch],
+            groups=[group for _, group in batch],
+        )
+    result = metric.compute()
+    counts = [naive_counts(*pair) for pair, _ in samples]
+    expected = naive_metrics(counts)
+    assert result["num_samples"] == len(samples)
+    for key in ("cIoU", "P@50", "P@50:95"):
+        assert result[key] == expected[key]
+    assert result["gIoU"] == pytest.approx(expected["gIoU"], rel=1e-15, abs=1e-15)
+    for group in {group for _, group in samples}:
+        group_counts = [c for c, (_, g) in zip(counts, samples) if g == group]
+        assert result["groups"][group]["num_samples"] == len(group_counts)
+        assert result["groups"][group]["cIoU"] == naive_metrics(group_counts)["cIoU"]
+        assert result["groups"][group]["P@50:95"] == naive_metrics(group_counts)["P@50:95"]
+
+
+def test_add_one_at_a_time_then_compute(metric):
+    truth = np.eye(3, dtype=bool)
+    for prediction in (truth, np.zeros((3, 3), bool), np.ones((3, 3), bool)):
+        metric.add(prediction=prediction, reference=truth)
+    # IoUs 1, 0, 3/9; cIoU = (3 + 0 + 3) / (3 + 3 + 9)
+    expected = {"gIoU": (1 + 0 + 1 / 3) / 3, "cIoU": 6 / 15, "P@50:95": 1 / 3, "P@50": 1 / 3, "num_samples": 3}
+    assert metric.compute() == expected
+
+
+def test_errors_name_the_sample_and_leave_nothing_behind(metric):
+    good = np.zeros((2, 2), bool)
+    metric.add_batch(predictions=[good, good], references=[good, good])
+    with pytest.raises(ValueError, match=r"sample 3: prediction shape \(2, 2\) does not match reference shape"):
+        metric.add_batch(predictions=[good, good], references=[good, np.zeros((2, 3), bool)])
+    with pytest.raises(ValueError, match="single mask"):
+        metric.add_batch(predictions=good, references=good)
+    with pytest.raises(ValueError, match="1 predictions but 2 references"):
+        metric.add_batch(predictions=[good], references=[good, good])
+    with pytest.raises(ValueError, match="empty predictions"):
+        metric.add_batch(predictions=[], references=[])
+    with pytest.raises(ValueError, match="for every added sample or for none"):
+        metric.add_batch(predictions=[good], references=[good], groups=["human"])
+    assert metric.compute()["num_samples"] == 2  # only the first, valid batch
+    with pytest.raises(ValueError, match="nothing to score"):
+        metric.compute()
+
+
+def test_a_renamed_copy_loads_without_the_installed_package(tmp_path):
+    """The Space stages the script as instructpart/instructpart.py next to core.py."""
+    folder = tmp_path / "instructpart"
+    folder.mkdir()
+    shutil.copy(os.path.join(MODULE_DIR, "instructpart_metric.py"), folder / "instructpart.py")
+    shutil.copy(os.path.join(MODULE_DIR, "core.py"), folder / "core.py")
+    renamed = evaluate.load(str(folder), cache_dir=str(tmp_path / "cache"))
+    import sys
+
+    script = sys.modules[type(renamed).__module__]
+    assert script.StreamingScorer.__module__.startswith("evaluate_modules.")  # evaluate's own copy of core.py
+    prediction, truth = masks_with((3, 3), intersection=3, prediction_only=1, reference_only=0)
+    result = renamed.compute(predictions=[prediction], references=[truth], groups=["human"])
+    assert result["groups"]["human"]["P@50:95"] == 0.6
