@@ -29,7 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LARGE_FOLDER_BYTES = 5 << 30
 OUR_PACKAGES = ("instructpart_dataset", "instructpart_metric", "pisa_model")
 # Released versions the metric Space installs (the tested ranges of setup.cfg).
-SPACE_REQUIREMENTS = ("evaluate==0.4.6", "datasets==5.2.0", "numpy>=2.0,<3", "pillow>=11,<14", "gradio>=5,<6")
+# Gradio itself comes with the Space's `sdk_version` (the card's YAML).
+SPACE_REQUIREMENTS = ("evaluate==0.4.6", "datasets==5.2.0", "numpy>=2.0,<3", "pillow>=11,<14")
 
 
 class UploadError(Exception):
@@ -98,11 +99,32 @@ def verify_dataset(stage: str, counts: dict) -> None:
 
 # --- metric ----------------------------------------------------------------------------------------------------
 
+# evaluate's stock widget would ask for the module's features, which are counts: take two masks instead.
 METRIC_APP = """import evaluate
-from evaluate.utils import launch_gradio_widget
+import gradio as gr
+import numpy as np
 
-module = evaluate.load("{repo_id}")
-launch_gradio_widget(module)
+metric = evaluate.load("{repo_id}")
+
+
+def score(prediction, truth):
+    if prediction is None or truth is None:
+        raise gr.Error("Upload a predicted mask and its ground-truth mask (non-zero pixels = the part).")
+    if prediction.size != truth.size:
+        raise gr.Error(f"The masks differ in size: {{prediction.size}} vs {{truth.size}}; masks are never resized.")
+    result = metric.compute(predictions=[np.asarray(prediction.convert("L")) > 0],
+                            references=[np.asarray(truth.convert("L")) > 0])
+    return {{key: round(100 * value, 2) for key, value in result.items() if key != "num_samples"}}
+
+
+gr.Interface(
+    score,
+    inputs=[gr.Image(type="pil", label="predicted mask"), gr.Image(type="pil", label="ground-truth mask")],
+    outputs=gr.JSON(label="percent"),
+    title="InstructPart metric",
+    description="gIoU, cIoU, P@50:95 and P@50 of one mask pair. Score a whole model with "
+    "evaluate.load('{repo_id}').compute(predictions=masks, references=truths).",
+).launch()
 """
 
 
@@ -132,8 +154,20 @@ def _relative_imports(script: str) -> list:
     return sorted(set(modules))
 
 
+def check_app_compiles(stage: str) -> None:
+    """A Space's app.py must at least be valid Python: gradio is not installed here to run it."""
+    path = os.path.join(stage, "app.py")
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    try:
+        compile(source, path, "exec")
+    except SyntaxError as error:
+        raise UploadError(f"verification failed: {path} line {error.lineno}: {error.msg}")
+
+
 def verify_metric(stage: str) -> None:
     """`evaluate.load(stage)` in a fresh process gives the numbers of the installed package on the same masks."""
+    check_app_compiles(stage)
     import numpy as np
 
     from instructpart_metric import StreamingScorer
@@ -203,7 +237,8 @@ def _example_image(stage: str):
     return [("example.jpg", instructions_for("kettle", CATALOG["kettle"][0], rng)[0])]
 
 
-def stage_model(checkpoint: str, stage: str, repo_id: str, results: list, space_repo_id=None) -> None:
+def stage_model(checkpoint: str, stage: str, repo_id: str, results: list, space_repo_id=None, dataset_id=None,
+                base_models=None, license="apache-2.0") -> None:
     from pisa_model.model_card import write_model_card
 
     if not os.path.isfile(os.path.join(checkpoint, "config.json")):
@@ -219,8 +254,9 @@ def stage_model(checkpoint: str, stage: str, repo_id: str, results: list, space_
         if os.path.isfile(source) and name != "README.md":
             shutil.copy(source, os.path.join(stage, name))
     space_url = f"https://huggingface.co/spaces/{space_repo_id}" if space_repo_id else None
-    write_model_card(stage, checkpoint, repo_id, results_files=results, space_url=space_url,
-                     widget_examples=_example_image(stage))
+    dataset_id = dataset_id or f"{repo_id.split('/')[0]}/instructpart"
+    write_model_card(stage, checkpoint, repo_id, results_files=results, space_url=space_url, dataset_id=dataset_id,
+                     base_models=base_models, license=license, widget_examples=_example_image(stage))
 
 
 def stage_model_space(stage: str, model_repo_id: str) -> None:
@@ -228,7 +264,7 @@ def stage_model_space(stage: str, model_repo_id: str) -> None:
     with open(os.path.join(stage, "app.py"), "w") as f:
         f.write(SPACE_APP.format(repo_id=model_repo_id))
     with open(os.path.join(stage, "requirements.txt"), "w") as f:
-        f.write("\n".join(["transformers>=5.23,<5.24", "torch>=2.13", "gradio>=5,<6", "numpy", "pillow"]) + "\n")
+        f.write("\n".join(["transformers>=5.23,<5.24", "torch>=2.13", "numpy>=2.0,<3", "pillow>=11,<14"]) + "\n")
     with open(os.path.join(stage, "README.md"), "w") as f:
         f.write(
             "---\ntitle: PISA part segmentation\nemoji: 🔧\ncolorFrom: red\ncolorTo: gray\nsdk: gradio\n"
@@ -371,12 +407,14 @@ def cmd_metric(args) -> None:
 
 def cmd_model(args) -> None:
     stage = _stage_dir(args, "model", args.repo_id)
-    stage_model(args.checkpoint, stage, args.repo_id, args.results, space_repo_id=args.space)
+    stage_model(args.checkpoint, stage, args.repo_id, args.results, space_repo_id=args.space,
+                dataset_id=args.dataset_id, base_models=args.base_model, license=args.license)
     verify_model(args.checkpoint, stage)
     _publish(args, stage, "model", f"PISA checkpoint {os.path.basename(os.path.abspath(args.checkpoint))}")
     if args.space:
         space_stage = _stage_dir(args, "model-space", args.space)
         stage_model_space(space_stage, args.repo_id)
+        check_app_compiles(space_stage)
         space_args = argparse.Namespace(**{**vars(args), "repo_id": args.space})
         _publish(space_args, space_stage, "space", "the PISA demo Space", space_sdk="gradio")
 
@@ -405,6 +443,11 @@ def main(argv=None) -> int:
     model.add_argument("--results", action="append", default=[],
                        help="results.json of `pisa_model.evaluate` (TRPS and/or ORPS) for the card's model-index")
     model.add_argument("--space", metavar="ORG/NAME", help="also stage and push a Gradio demo Space")
+    model.add_argument("--dataset-id", help="the dataset repo the results refer to (default ORG/instructpart)")
+    model.add_argument("--base-model", action="append", default=[],
+                       help="a pretrained part the checkpoint was built from (Hub id), for the card's base_model")
+    model.add_argument("--license", default="apache-2.0",
+                       help="the checkpoint's licence; respect the licences of the parts it was built from")
     common(model)
     model.set_defaults(run=cmd_model)
     args = parser.parse_args(argv)

@@ -66,10 +66,14 @@ languages are untested. Scores on InstructPart's 600 test entries move by a poin
 
 
 def _infer_task(results: dict, path: str) -> str:
+    """The task of a results file: what its run recorded, else what its instruction types say."""
+    recorded = results.get("run", {}).get("config")
+    if recorded in TASKS:
+        return recorded
     types = set(results.get("by", {}).get("instruction_type", {}))
     for task, names in TASKS.items():
         if types and types <= set(names):
-            return results.get("config", task)
+            return task
     raise ValueError(f"{path}: cannot tell TRPS from ORPS (instruction types {sorted(types) or 'missing'})")
 
 
@@ -96,7 +100,7 @@ def load_results(paths: list) -> dict:
 def _eval_results(results_by_task: dict, dataset_id: str, split: str) -> list:
     entries = []
     for task, results in results_by_task.items():
-        split_name = results.get("split", split)
+        split_name = results.get("run", {}).get("split", split)
         for metric, metric_id in METRIC_IDS.items():
             entries.append(EvalResult(
                 task_type="image-segmentation",
@@ -116,7 +120,9 @@ def _evaluation_section(results_by_task: dict) -> str:
     if not results_by_task:
         return ("Not evaluated yet. Score it with `accelerate launch -m pisa_model.evaluate --model <this repo> "
                 "--data-dir <release> --config trps --split test` (and `--config orps`).")
-    lines = ["InstructPart test split, percentages (gIoU, cIoU, P@50:95, P@50 as in the paper):", "",
+    runs = [f"`{task}`/`{r.get('run', {}).get('split', 'test')}` of `{r.get('run', {}).get('data_dir', '?')}` "
+            f"({r['overall']['num_samples']} rows)" for task, r in results_by_task.items()]
+    lines = ["Scored by `pisa_model.evaluate` on " + ", ".join(runs) + "; percentages, columns as in the paper:", "",
              "| task | instruction type | gIoU | cIoU | P@50:95 | P@50 |", "|---|---|---:|---:|---:|---:|"]
     for task, results in results_by_task.items():
         for name, metrics in results.get("by", {}).get("instruction_type", {}).items():
@@ -156,20 +162,20 @@ def render_model_card(
 ) -> ModelCard:
     """The card of the checkpoint folder `checkpoint` published as `repo_id`.
 
-    `widget_examples` are `(file name in the repo, instruction)` pairs shown as the card's examples.
+    `dataset_id` is the Hub dataset the results refer to; `base_models` the parts it was built from (Hub ids, as
+    given to `from_components`); `widget_examples` are `(file name in the repo, instruction)` pairs shown as the card's examples.
     """
     from .configuration_pisa import PisaConfig
     from instructpart_dataset.schema import CITATION
 
     config = PisaConfig.from_pretrained(checkpoint)
     results_by_task = load_results(results_files or [])
-    base = base_models if base_models is not None else list(getattr(config, "base_models", None) or [])
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-segmentation",
         license=license,
         datasets=[dataset_id],
-        base_model=base or None,
+        base_model=list(base_models) if base_models else None,
         tags=["pisa", "instructpart", "part-segmentation", "reasoning-segmentation", "custom_code"],
         widget=[{"src": f"https://huggingface.co/{repo_id}/resolve/main/{name}", "text": text}
                 for name, text in (widget_examples or [])] or None,

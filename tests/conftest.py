@@ -14,9 +14,11 @@ for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# datasets reads its cache location at import: keep the suite's cache away from ~/.cache.
+# datasets, evaluate and transformers read their cache locations at import: keep the suite's caches
+# (prepared Arrow files, copied metric scripts and remote code) away from ~/.cache.
 _CACHE = tempfile.mkdtemp(prefix="instructpart-tests-cache-")
-os.environ["HF_DATASETS_CACHE"] = _CACHE
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_CACHE, "datasets")
+os.environ["HF_MODULES_CACHE"] = os.path.join(_CACHE, "modules")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 try:

@@ -123,3 +123,95 @@ def test_bad_release_stops_before_anything_is_pushed(tmp_path):
                          tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in result.stderr
+
+
+def test_staged_metric_is_the_renamed_module_and_scores_like_the_package(tmp_path):
+    stage = str(tmp_path / "metric" / "instructpart")
+    upload.stage_metric(stage, "org/instructpart")
+    assert sorted(os.listdir(stage)) == ["README.md", "app.py", "core.py", "instructpart.py", "requirements.txt"]
+    with open(os.path.join(stage, "README.md")) as f:
+        assert f.read().startswith("---\n") and "app_file: app.py" in open(os.path.join(stage, "README.md")).read()
+    upload.verify_metric(stage)
+    os.remove(os.path.join(stage, "core.py"))
+    with pytest.raises(upload.UploadError, match="verification failed: evaluate.load"):
+        upload.verify_metric(stage)
+
+
+def test_a_space_app_with_a_syntax_error_is_refused(tmp_path):
+    stage = str(tmp_path / "metric" / "instructpart")
+    upload.stage_metric(stage, "org/instructpart")
+    with open(os.path.join(stage, "app.py"), "a") as f:
+        f.write("\nif True print('x')\n")
+    with pytest.raises(upload.UploadError, match="app.py line"):
+        upload.verify_metric(stage)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from pisa_model.testing import save_tiny_pisa
+
+    folder = str(tmp_path_factory.mktemp("tiny-pisa"))
+    save_tiny_pisa(folder)
+    return folder
+
+
+def _results_file(path, config, split, metrics_by_type):
+    import json
+
+    overall = {k: sum(m[k] for m in metrics_by_type.values()) / len(metrics_by_type)
+               for k in ("gIoU", "cIoU", "P@50:95", "P@50")}
+    with open(path, "w") as f:
+        json.dump({"overall": {**overall, "num_samples": 10}, "by": {"instruction_type": metrics_by_type},
+                   "run": {"config": config, "split": split, "data_dir": "/data/InstructPart"}}, f)
+    return str(path)
+
+
+def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_results(tiny_checkpoint, tmp_path):
+    import yaml
+
+    metrics = {"gIoU": 0.31234, "cIoU": 0.4, "P@50:95": 0.105, "P@50": 0.25}
+    trps = _results_file(tmp_path / "trps.json", "trps", "test", {"human": metrics, "gpt4": metrics})
+    stage = str(tmp_path / "model" / "pisa-tiny")
+    upload.stage_model(tiny_checkpoint, stage, "org/pisa-tiny", [trps], space_repo_id="org/pisa-demo",
+                       base_models=["llava-hf/llava-1.5-7b-hf"])
+    upload.verify_model(tiny_checkpoint, stage)
+    assert {"model.safetensors", "config.json", "modeling_pisa.py", "README.md", "example.jpg"} <= set(
+        os.listdir(stage))
+    with open(os.path.join(stage, "README.md")) as f:
+        text = f.read()
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert (meta["library_name"], meta["pipeline_tag"]) == ("transformers", "image-segmentation")
+    assert meta["base_model"] == ["llava-hf/llava-1.5-7b-hf"] and meta["datasets"] == ["org/instructpart"]
+    (result,) = meta["model-index"][0]["results"]
+    assert result["dataset"]["config"] == "trps" and result["dataset"]["split"] == "test"
+    assert {m["name"]: m["value"] for m in result["metrics"]} == {
+        "gIoU (TRPS)": 31.23, "cIoU (TRPS)": 40.0, "P@50:95 (TRPS)": 10.5, "P@50 (TRPS)": 25.0}
+    assert "https://huggingface.co/spaces/org/pisa-demo" in text and "| TRPS | human | 31.23 |" in text
+
+    os.remove(os.path.join(stage, "pipeline_pisa.py"))
+    with pytest.raises(upload.UploadError, match="verification failed: AutoModel/pipeline"):
+        upload.verify_model(tiny_checkpoint, stage)
+
+    bare = str(tmp_path / "model" / "pisa-bare")
+    upload.stage_model(tiny_checkpoint, bare, "org/pisa-bare", [])
+    with open(os.path.join(bare, "README.md")) as f:
+        bare_meta = yaml.safe_load(f.read().split("---\n")[1])
+    assert "model-index" not in bare_meta and "base_model" not in bare_meta
+
+
+def test_pickled_weights_are_refused(tiny_checkpoint, tmp_path):
+    import shutil
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(upload.UploadError, match="refusing pickled weights 'pytorch_model.bin'"):
+        upload.stage_model(str(folder), str(tmp_path / "stage"), "org/x", [])
+
+
+def test_model_space_stages_an_app_that_compiles(tmp_path):
+    stage = str(tmp_path / "space")
+    upload.stage_model_space(stage, "org/pisa-tiny")
+    upload.check_app_compiles(stage)
+    assert "org/pisa-tiny" in open(os.path.join(stage, "app.py")).read()
+    assert "sdk: gradio" in open(os.path.join(stage, "README.md")).read()
