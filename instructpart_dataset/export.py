@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .card import write_card
+from .files import current_umask
 from .instructpart import rows_of
 from .release import read_sample_files, scan_release
 from .schema import CONFIGS, FEATURES
@@ -111,9 +112,7 @@ def export_release(
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the export is an ordinary folder
     try:
         counts = _write_shards(index, staging, max_shard_bytes, num_workers)
         write_card(staging, counts, index)

@@ -66,6 +66,12 @@ class InstructPart(datasets.GeneratorBasedBuilder):
     ]
     DEFAULT_CONFIG_NAME = "trps"
 
+    def __init__(self, *args, release_index=None, **kwargs):
+        """`release_index`: the caller's `scan_release` of `data_dir`, so the json is read (and its warnings
+        logged) once."""
+        super().__init__(*args, **kwargs)
+        self._release_index = release_index
+
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
             description=DESCRIPTION,
@@ -78,7 +84,7 @@ class InstructPart(datasets.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         if not self.config.data_dir:
             raise ValueError("InstructPart needs data_dir=<local copy of the release>")
-        index = scan_release(self.config.data_dir)
+        index = self._release_index or scan_release(self.config.data_dir)
         return [
             datasets.SplitGenerator(name=split, gen_kwargs={"samples": samples})
             for split, samples in index.splits.items()

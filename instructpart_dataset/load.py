@@ -29,7 +29,11 @@ def _load_release(path, config, split, cache_dir, num_proc) -> datasets.Dataset:
         present = ", ".join(sorted(index.splits)) or "none"
         raise ValueError(f"{path}: the release has no {split!r} split (present: {present})")
     builder = InstructPart(
-        config_name=config, data_dir=os.path.abspath(path), release_signature=index.signature(), cache_dir=cache_dir
+        config_name=config,
+        data_dir=os.path.abspath(path),
+        release_signature=index.signature(),
+        cache_dir=cache_dir,
+        release_index=index,
     )
     try:
         builder.download_and_prepare(num_proc=num_proc)

@@ -15,11 +15,9 @@ travel back to the main process.
 
 import argparse
 import io
-import json
 import multiprocessing
 import os
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
@@ -143,20 +141,6 @@ def _run(tasks: list, pool: Optional[ProcessPoolExecutor]) -> list:
     return counts
 
 
-def _write_json(path: str, payload: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def score(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.predictions):
         raise FileNotFoundError(f"{args.predictions}: no such predictions folder")
@@ -205,7 +189,9 @@ def score(args: argparse.Namespace) -> int:
             "missing_as_empty": len(missing),
             **results,
         }
-        _write_json(args.json, payload)
+        from instructpart_dataset.files import write_json_atomic
+
+        write_json_atomic(args.json, payload)
         print(f"wrote {args.json}")
     return 0
 

@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from instructpart_dataset.files import write_json_atomic
 from instructpart_dataset.schema import CONFIGS
 
 MARKER = ".instructpart-demo"  # marks a folder this command wrote, so that a rerun may replace it
@@ -169,10 +170,7 @@ def _evaluate(models: dict, datasets: list, out: str, batch_size: int) -> dict:
         results = results_dict(merged, rows_by="instruction_type")
         results["run"] = {"model": adapter.name, "predictions": folder}
         path = os.path.join(out, "results", f"{slug(name)}.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".partial", "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(path + ".partial", path)
+        write_json_atomic(path, results)
     return scorers
 
 

@@ -29,13 +29,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
+from instructpart_dataset.files import write_atomic, write_json_atomic, write_text_atomic
 from instructpart_metric import StreamingScorer, format_table, results_dict
 
 from .adapters import load_adapter, parse_option
@@ -49,36 +49,16 @@ def sample_key(row: dict) -> str:
     return f"{row['instruction_type']}/{row['id']}"
 
 
-def _write_atomic(path: str, write) -> None:
-    """`write(temporary_path)`, then rename over `path`: a reader never sees half a file."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def save_prediction(prediction_dir: str, row: dict, mask: np.ndarray) -> str:
     """`prediction_dir/<instruction_type>/<id>.png`, a mode "1" PNG (non-zero = foreground)."""
     path = os.path.join(prediction_dir, row["instruction_type"], row["id"] + ".png")
     image = Image.fromarray(np.asarray(mask, dtype=bool))
-    _write_atomic(path, lambda temporary: image.save(temporary, format="PNG"))
+    write_atomic(path, lambda temporary: image.save(temporary, format="PNG"))
     return path
 
 
 def _write_jsonl(path: str, records: list) -> None:
-    def write(temporary):
-        with open(temporary, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    _write_atomic(path, write)
+    write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def _shard(accelerator, count: int) -> list:
@@ -285,13 +265,7 @@ def run(args) -> dict:
                 )
             )
         path = os.path.join(output_dir, "results.json")
-
-        def write(temporary):
-            with open(temporary, "w", encoding="utf-8") as f:
-                json.dump(results, f, indent=2)
-                f.write("\n")
-
-        _write_atomic(path, write)
+        write_json_atomic(path, results)
         print(f"wrote {path}")
     accelerator.wait_for_everyone()
     return results

@@ -14,14 +14,13 @@ and `<out>/report.json` (the numbers on the page, fractions in [0, 1]).
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from instructpart_dataset.files import write_json_atomic, write_text_atomic
 from instructpart_dataset.schema import CONFIGS, INSTRUCTION_TYPES
 from instructpart_metric import METRIC_KEYS, StreamingScorer, format_table
 from instructpart_metric.cli import read_mask_png
@@ -357,22 +356,6 @@ def _examples_section(summaries: dict, predictions: dict, rows: RowIndex, max_si
 # ---------------------------------------------------------------- entry points
 
 
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the page from other users
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def write_report(
     output_dir: str,
     scorers: dict,
@@ -415,8 +398,8 @@ def write_report(
     counts = f"{entries} annotated parts · {len(list(rows))} instruction rows · {len(summaries)} model{plural}"
     subtitle = f"{subtitle} · {counts}" if subtitle else counts
     html_path = os.path.join(output_dir, "report.html")
-    _write_atomic(os.path.join(output_dir, "report.json"), json.dumps({"models": summaries}, indent=1))
-    _write_atomic(html_path, html.page(title, subtitle, body))
+    write_json_atomic(os.path.join(output_dir, "report.json"), {"models": summaries}, indent=1)
+    write_text_atomic(html_path, html.page(title, subtitle, body))
     return html_path
 
 

@@ -121,7 +121,7 @@ def test_missing_predictions_are_an_error_unless_counted_as_empty(release_dir, t
     code, _, err = run(capsys, *arguments, "--json", tmp_path / "r.json")
     assert code == 1
     err = error_line(err)
-    assert "missing prediction" in err and "--missing-as-empty" in err and f"more)" in err
+    assert "missing prediction" in err and "--missing-as-empty" in err and "more)" in err
     assert not (tmp_path / "r.json").exists()
     code, stdout, _ = run(capsys, *arguments, "--missing-as-empty")
     assert code == 0
