@@ -71,6 +71,7 @@ def run_isolated(code: str, cwd: str, what: str) -> dict:
 
 # --- dataset ---------------------------------------------------------------------------------------------------
 
+
 def stage_dataset(data_dir: str, stage: str) -> dict:
     from instructpart_dataset.export import export_release
 
@@ -150,7 +151,7 @@ def _relative_imports(script: str) -> list:
     with open(script) as f:
         for line in f:
             if line.startswith("from .") and " import " in line:
-                modules.append(line[len("from ."):].split(" import ")[0].strip())
+                modules.append(line[len("from .") :].split(" import ")[0].strip())
     return sorted(set(modules))
 
 
@@ -162,7 +163,7 @@ def check_app_compiles(stage: str) -> None:
     try:
         compile(source, path, "exec")
     except SyntaxError as error:
-        raise UploadError(f"verification failed: {path} line {error.lineno}: {error.msg}")
+        raise UploadError(f"verification failed: {path} line {error.lineno}: {error.msg}") from None
 
 
 def verify_metric(stage: str) -> None:
@@ -237,8 +238,16 @@ def _example_image(stage: str):
     return [("example.jpg", instructions_for("kettle", CATALOG["kettle"][0], rng)[0])]
 
 
-def stage_model(checkpoint: str, stage: str, repo_id: str, results: list, space_repo_id=None, dataset_id=None,
-                base_models=None, license="apache-2.0") -> None:
+def stage_model(
+    checkpoint: str,
+    stage: str,
+    repo_id: str,
+    results: list,
+    space_repo_id=None,
+    dataset_id=None,
+    base_models=None,
+    license="apache-2.0",
+) -> None:
     from pisa_model.model_card import write_model_card
 
     if not os.path.isfile(os.path.join(checkpoint, "config.json")):
@@ -255,8 +264,17 @@ def stage_model(checkpoint: str, stage: str, repo_id: str, results: list, space_
             shutil.copy(source, os.path.join(stage, name))
     space_url = f"https://huggingface.co/spaces/{space_repo_id}" if space_repo_id else None
     dataset_id = dataset_id or f"{repo_id.split('/')[0]}/instructpart"
-    write_model_card(stage, checkpoint, repo_id, results_files=results, space_url=space_url, dataset_id=dataset_id,
-                     base_models=base_models, license=license, widget_examples=_example_image(stage))
+    write_model_card(
+        stage,
+        checkpoint,
+        repo_id,
+        results_files=results,
+        space_url=space_url,
+        dataset_id=dataset_id,
+        base_models=base_models,
+        license=license,
+        widget_examples=_example_image(stage),
+    )
 
 
 def stage_model_space(stage: str, model_repo_id: str) -> None:
@@ -320,6 +338,7 @@ def verify_model(checkpoint: str, stage: str) -> None:
 
 # --- push ------------------------------------------------------------------------------------------------------
 
+
 def folder_files(stage: str) -> list:
     """(relative path, size in bytes) of every file to upload, sorted."""
     files = []
@@ -330,8 +349,9 @@ def folder_files(stage: str) -> list:
     return sorted(files)
 
 
-def push(stage: str, repo_id: str, repo_type: str, *, private: bool, revision, commit_message: str,
-         api=None, space_sdk=None) -> str:
+def push(
+    stage: str, repo_id: str, repo_type: str, *, private: bool, revision, commit_message: str, api=None, space_sdk=None
+) -> str:
     """Create the repo if needed and upload the staged folder in one commit; returns the repo URL."""
     from huggingface_hub import HfApi
 
@@ -340,11 +360,13 @@ def push(stage: str, repo_id: str, repo_type: str, *, private: bool, revision, c
     if revision:
         api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
     if sum(size for _, size in folder_files(stage)) > LARGE_FOLDER_BYTES:
-        api.upload_large_folder(repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision,
-                                private=private)
+        api.upload_large_folder(
+            repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision, private=private
+        )
     else:
-        api.upload_folder(repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision,
-                          commit_message=commit_message)
+        api.upload_folder(
+            repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision, commit_message=commit_message
+        )
     return str(url)
 
 
@@ -358,8 +380,10 @@ def _print_plan(stage, repo_id, repo_type, private, revision) -> None:
     files = folder_files(stage)
     total = sum(size for _, size in files)
     visibility = "private" if private else "public"
-    print(f"would create {visibility} {repo_type} repo {repo_id} (exist_ok) and upload {len(files)} files "
-          f"({total / 1e6:.1f} MB) in one commit to {revision or 'main'}:")
+    print(
+        f"would create {visibility} {repo_type} repo {repo_id} (exist_ok) and upload {len(files)} files "
+        f"({total / 1e6:.1f} MB) in one commit to {revision or 'main'}:"
+    )
     for path, size in files:
         print(f"  {size:>12,}  {path}")
 
@@ -376,11 +400,20 @@ def _publish(args, stage, repo_type, what, space_sdk=None) -> None:
         print(f"staged and verified in {stage}; dry run: nothing pushed")
         return
     try:
-        url = push(stage, args.repo_id, repo_type, private=args.private, revision=args.revision,
-                   commit_message=f"Upload {what} with instructpart's upload.py", space_sdk=space_sdk)
+        url = push(
+            stage,
+            args.repo_id,
+            repo_type,
+            private=args.private,
+            revision=args.revision,
+            commit_message=f"Upload {what} with instructpart's upload.py",
+            space_sdk=space_sdk,
+        )
     except Exception as error:
-        raise UploadError(f"push to {args.repo_id} failed ({type(error).__name__}: {_safe_message(error)}); "
-                          f"the staged files stay in {stage} for a retry")
+        raise UploadError(
+            f"push to {args.repo_id} failed ({type(error).__name__}: {_safe_message(error)}); "
+            f"the staged files stay in {stage} for a retry"
+        ) from None  # the original may carry the token in its request details
     print(f"pushed {stage} to {url}")
 
 
@@ -407,8 +440,16 @@ def cmd_metric(args) -> None:
 
 def cmd_model(args) -> None:
     stage = _stage_dir(args, "model", args.repo_id)
-    stage_model(args.checkpoint, stage, args.repo_id, args.results, space_repo_id=args.space,
-                dataset_id=args.dataset_id, base_models=args.base_model, license=args.license)
+    stage_model(
+        args.checkpoint,
+        stage,
+        args.repo_id,
+        args.results,
+        space_repo_id=args.space,
+        dataset_id=args.dataset_id,
+        base_models=args.base_model,
+        license=args.license,
+    )
     verify_model(args.checkpoint, stage)
     _publish(args, stage, "model", f"PISA checkpoint {os.path.basename(os.path.abspath(args.checkpoint))}")
     if args.space:
@@ -420,8 +461,9 @@ def cmd_model(args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="upload.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="upload.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub):
@@ -440,14 +482,25 @@ def main(argv=None) -> int:
     metric.set_defaults(run=cmd_metric)
     model = commands.add_parser("model", help="a PISA checkpoint with its card")
     model.add_argument("--checkpoint", required=True)
-    model.add_argument("--results", action="append", default=[],
-                       help="results.json of `pisa_model.evaluate` (TRPS and/or ORPS) for the card's model-index")
+    model.add_argument(
+        "--results",
+        action="append",
+        default=[],
+        help="results.json of `pisa_model.evaluate` (TRPS and/or ORPS) for the card's model-index",
+    )
     model.add_argument("--space", metavar="ORG/NAME", help="also stage and push a Gradio demo Space")
     model.add_argument("--dataset-id", help="the dataset repo the results refer to (default ORG/instructpart)")
-    model.add_argument("--base-model", action="append", default=[],
-                       help="a pretrained part the checkpoint was built from (Hub id), for the card's base_model")
-    model.add_argument("--license", default="apache-2.0",
-                       help="the checkpoint's licence; respect the licences of the parts it was built from")
+    model.add_argument(
+        "--base-model",
+        action="append",
+        default=[],
+        help="a pretrained part the checkpoint was built from (Hub id), for the card's base_model",
+    )
+    model.add_argument(
+        "--license",
+        default="apache-2.0",
+        help="the checkpoint's licence; respect the licences of the parts it was built from",
+    )
     common(model)
     model.set_defaults(run=cmd_model)
     args = parser.parse_args(argv)

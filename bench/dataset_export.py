@@ -47,8 +47,9 @@ def main():
     workdir = tempfile.mkdtemp(prefix="bench-dataset-")
     os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(workdir, "cache"))
     try:
-        release = args.data_dir or make_release(os.path.join(workdir, "release"), seed=0, num_train=60, num_test=60,
-                                                size_range=(800, 2001))
+        release = args.data_dir or make_release(
+            os.path.join(workdir, "release"), seed=0, num_train=60, num_test=60, size_range=(800, 2001)
+        )
         samples = [s for split in scan_release(release).splits.values() for s in split]
 
         def decode_all():
@@ -88,13 +89,19 @@ def main():
         png_floor = median_time(decode_release_pngs, args.repeats)
         strict_floor = median_time(decode_stored_pngs, args.repeats)
         print(f"data: {release} ({len(samples)} entries, {len(rows)} trps test rows)")
-        print(f"export     {export_time:8.3f}s  floor (decode each JPEG+PNG once) {floor:8.3f}s  "
-              f"ratio {export_time / floor:5.2f}x  (1 thread: {export_one_thread:.3f}s, "
-              f"{export_one_thread / floor:.2f}x)")
-        print(f"iterate    {iterate_time:8.3f}s  floor (decode each row's release PNG) {png_floor:8.3f}s  "
-              f"ratio {iterate_time / png_floor:5.2f}x")
-        print(f"iterate-1b {iterate_time:8.3f}s  floor (decode each row's stored 1-bit PNG) {strict_floor:8.3f}s  "
-              f"ratio {iterate_time / strict_floor:5.2f}x")
+        print(
+            f"export     {export_time:8.3f}s  floor (decode each JPEG+PNG once) {floor:8.3f}s  "
+            f"ratio {export_time / floor:5.2f}x  (1 thread: {export_one_thread:.3f}s, "
+            f"{export_one_thread / floor:.2f}x)"
+        )
+        print(
+            f"iterate    {iterate_time:8.3f}s  floor (decode each row's release PNG) {png_floor:8.3f}s  "
+            f"ratio {iterate_time / png_floor:5.2f}x"
+        )
+        print(
+            f"iterate-1b {iterate_time:8.3f}s  floor (decode each row's stored 1-bit PNG) {strict_floor:8.3f}s  "
+            f"ratio {iterate_time / strict_floor:5.2f}x"
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

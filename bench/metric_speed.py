@@ -212,8 +212,20 @@ def run_cli(args, pool, workdir):
     env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(workdir, "cache"), "HF_HUB_OFFLINE": "1"}
 
     def cli(workers=None, json_path=None):
-        command = [sys.executable, "-m", "instructpart_metric", "score", "--predictions", predictions,
-                   "--data-dir", release, "--config", "trps", "--split", "test"]
+        command = [
+            sys.executable,
+            "-m",
+            "instructpart_metric",
+            "score",
+            "--predictions",
+            predictions,
+            "--data-dir",
+            release,
+            "--config",
+            "trps",
+            "--split",
+            "test",
+        ]
         if workers:
             command += ["--num-workers", str(workers)]
         if json_path:

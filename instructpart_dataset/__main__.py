@@ -22,8 +22,9 @@ def _summary(args) -> None:
     for split, samples in index.splits.items():
         rows = ", ".join(f"{config} {len(samples) * len(types)} rows" for config, types in CONFIGS.items())
         objects = Counter(sample.object for sample in samples)
-        print(f"{split}: {len(samples)} entries ({rows}); {len(objects)} objects, "
-              f"{len({s.part for s in samples})} parts")
+        print(
+            f"{split}: {len(samples)} entries ({rows}); {len(objects)} objects, {len({s.part for s in samples})} parts"
+        )
         if split == "train":
             subsets = Counter(sample.train_subset for sample in samples)
             running = 0

@@ -53,7 +53,9 @@ def _card_data(counts: dict) -> DatasetCardData:
     for config, splits in counts.items():
         split_dict = datasets.SplitDict()
         for split, info in splits.items():
-            split_dict.add(datasets.SplitInfo(name=split, num_bytes=info["num_bytes"], num_examples=info["num_examples"]))
+            split_dict.add(
+                datasets.SplitInfo(name=split, num_bytes=info["num_bytes"], num_examples=info["num_examples"])
+            )
         size = sum(info["num_bytes"] for info in splits.values())
         infos[config] = datasets.DatasetInfo(
             config_name=config, features=FEATURES, splits=split_dict, dataset_size=size, download_size=size
@@ -86,7 +88,7 @@ def _structure_section(counts: dict, index) -> str:
             running += subsets[n]
             nested.append(f"train{n}: {running:,}")
         lines += [
-            "The nested training subsets are not stored twice: `load_instructpart(path, split=\"train600\")` "
+            'The nested training subsets are not stored twice: `load_instructpart(path, split="train600")` '
             "(or filtering `train_subset <= 600`) selects them. Entries per subset: " + ", ".join(nested) + "."
         ]
     lines += ["", "### Instruction variants", "", INSTRUCTION_TABLE, "", "### Fields", "", FIELDS_TABLE]
@@ -102,7 +104,7 @@ def write_card(folder: str, counts: dict, index) -> None:
         pretty_name="InstructPart",
         dataset_summary=(
             "InstructPart (ACL 2025) is a benchmark for task-oriented part segmentation: given a real photo and an "
-            "instruction such as \"If I want to open the cabinet, which part should I use?\", a model outputs the "
+            'instruction such as "If I want to open the cabinet, which part should I use?", a model outputs the '
             "binary mask of the object part that serves the task (the handle). The full release has 2,400 images, "
             "48 object and 44 part categories, a 600-image test split and a 1,800-image train split released also "
             f"as nested subsets. This export holds {len(samples):,} annotated parts covering {len(objects)} object "
@@ -124,7 +126,7 @@ def write_card(folder: str, counts: dict, index) -> None:
         direct_use=(
             "Evaluating and fine-tuning vision-language segmentation models on task-oriented part segmentation:\n\n"
             "```python\nfrom datasets import load_dataset\n\n"
-            "test = load_dataset(\"<this repo>\", \"trps\", split=\"test\").with_format(\"numpy\", columns=[\"mask\"], "
+            'test = load_dataset("<this repo>", "trps", split="test").with_format("numpy", columns=["mask"], '
             "output_all_columns=True)\n```\n\n"
             "Score predictions with the `instructpart` metric (`evaluate.load(...)`): gIoU, cIoU, P@50, P@50:95."
         ),

@@ -17,7 +17,6 @@ import shutil
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -96,7 +95,7 @@ def export_release(
     *,
     overwrite: bool = False,
     max_shard_bytes: int = MAX_SHARD_BYTES,
-    num_workers: Optional[int] = None,
+    num_workers: int | None = None,
 ) -> dict:
     """Write the Hub dataset folder for the release at `release_dir`; returns `{config: {split: rows}}`.
 
@@ -120,7 +119,9 @@ def export_release(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {config: {split: info["num_examples"] for split, info in splits.items()} for config, splits in counts.items()}
+    return {
+        config: {split: info["num_examples"] for split, info in splits.items()} for config, splits in counts.items()
+    }
 
 
 def _checked_files(samples: list, num_workers: int):

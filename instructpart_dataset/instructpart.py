@@ -11,7 +11,6 @@ The Hub copy of the benchmark is script-free Parquet (`python -m instructpart_da
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 import datasets
 
@@ -31,7 +30,7 @@ class InstructPartConfig(datasets.BuilderConfig):
     """A config is a set of instruction variants; `release_signature` keys the cache to the files' state."""
 
     instruction_types: tuple = ()
-    release_signature: Optional[str] = None
+    release_signature: str | None = None
 
 
 def rows_of(sample, files: dict, instruction_types) -> list:

@@ -1,7 +1,6 @@
 """`load_instructpart`: one call for a release folder, an exported Hub folder or a Hub repo id."""
 
 import os
-from typing import Optional
 
 import datasets
 import numpy as np
@@ -67,8 +66,8 @@ def load_instructpart(
     split: str = "test",
     *,
     mask_format: str = "numpy",
-    cache_dir: Optional[str] = None,
-    num_proc: Optional[int] = None,
+    cache_dir: str | None = None,
+    num_proc: int | None = None,
 ) -> datasets.Dataset:
     """Load one split of InstructPart as a `datasets.Dataset`, one row per (entry, instruction variant).
 
@@ -106,7 +105,9 @@ def load_instructpart(
     if split != stored_split:
         limit = int(split[len("train") :])
         dataset = dataset.filter(
-            lambda subset: subset is not None and subset <= limit, input_columns="train_subset", desc=f"Selecting {split}"
+            lambda subset: subset is not None and subset <= limit,
+            input_columns="train_subset",
+            desc=f"Selecting {split}",
         )
     if mask_format == "numpy":
         return dataset.with_format("numpy", columns=["mask"], output_all_columns=True)

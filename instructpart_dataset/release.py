@@ -26,7 +26,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -56,7 +55,7 @@ class ReleaseSample:
     affordance: str
     action: str
     instructions: tuple
-    train_subset: Optional[int] = None
+    train_subset: int | None = None
 
     @property
     def image_file(self) -> str:
@@ -117,7 +116,9 @@ def _read_json(json_path: str) -> list:
         with open(json_path, encoding="utf-8") as f:
             entries = json.load(f)
     except json.JSONDecodeError as error:
-        raise ReleaseError(f"{json_path}: malformed JSON ({error.msg} at line {error.lineno} column {error.colno})")
+        raise ReleaseError(
+            f"{json_path}: malformed JSON ({error.msg} at line {error.lineno} column {error.colno})"
+        ) from None
     if not isinstance(entries, list):
         raise ReleaseError(f"{json_path}: expected a JSON list of entries, got {type(entries).__name__}")
     return entries
@@ -238,7 +239,9 @@ def _cross_check_all(index: ReleaseIndex, folder: str, json_path: str) -> list:
     missing = sorted(set(split_samples) - set(everything))
     extra = sorted(set(everything) - set(split_samples))
     differing = sorted(
-        sid for sid in set(everything) & set(split_samples) if _annotation(everything[sid]) != _annotation(split_samples[sid])
+        sid
+        for sid in set(everything) & set(split_samples)
+        if _annotation(everything[sid]) != _annotation(split_samples[sid])
     )
     # A release folder may hold only some splits: all/ then legitimately has more.
     if extra and {"test", "train"} <= set(index.splits):
@@ -255,9 +258,9 @@ def _open_checked(path: str, kind: str) -> Image.Image:
         image = Image.open(path)
         image.load()
     except FileNotFoundError:
-        raise ReleaseError(f"{path}: missing {kind} file")
+        raise ReleaseError(f"{path}: missing {kind} file") from None
     except Exception as error:  # PIL raises several types for corrupt or truncated files
-        raise ReleaseError(f"{path}: corrupt or unreadable {kind} ({error})")
+        raise ReleaseError(f"{path}: corrupt or unreadable {kind} ({error})") from None
     return image
 
 
@@ -304,7 +307,7 @@ def read_sample_files(sample: ReleaseSample) -> dict:
         image = Image.open(io.BytesIO(image_bytes))
         image.load()
     except Exception as error:
-        raise ReleaseError(f"{sample.image_file}: corrupt or unreadable image ({error})")
+        raise ReleaseError(f"{sample.image_file}: corrupt or unreadable image ({error})") from None
     size = upright_size(image)
     if image.mode != "RGB":
         buffer = io.BytesIO()

@@ -20,7 +20,6 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -99,7 +98,7 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _load_rows(data_dir: str, config: str, split: str, cache_dir: Optional[str]) -> dict:
+def _load_rows(data_dir: str, config: str, split: str, cache_dir: str | None) -> dict:
     """The split's columns as Python lists, ground-truth masks left encoded (decoded in the workers)."""
     import datasets
 
@@ -129,7 +128,7 @@ def _tasks(rows: dict, prediction_dir: str) -> tuple:
     return tasks, missing
 
 
-def _run(tasks: list, pool: Optional[ProcessPoolExecutor]) -> list:
+def _run(tasks: list, pool: ProcessPoolExecutor | None) -> list:
     from tqdm.auto import tqdm
 
     counts = []
@@ -222,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -15,7 +15,8 @@ evaluate script ships it next to itself, so it must stay self-contained.
 """
 
 import math
-from typing import Any, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any, Union
 
 import numpy as np
 
@@ -29,14 +30,14 @@ MASK_IMAGE_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")
 # 20·I and k·U must not overflow int64 in the vectorised precision test.
 MAX_COUNT = 2**58
 
-Label = Union[str, int]
+Label = str | int
 
 
 def _where(index) -> str:
     return "" if index is None else f"sample {index}: "
 
 
-def as_mask(value: Any, *, role: str = "prediction", index=None, threshold: Optional[float] = None) -> np.ndarray:
+def as_mask(value: Any, *, role: str = "prediction", index=None, threshold: float | None = None) -> np.ndarray:
     """A 2-D bool or integer array (non-zero = foreground) from a mask given as an array, list or PIL image.
 
     Args:
@@ -107,7 +108,7 @@ def array_counts(prediction: np.ndarray, reference: np.ndarray) -> tuple:
     return intersection, union
 
 
-def mask_counts(prediction: Any, reference: Any, *, index=None, threshold: Optional[float] = None) -> tuple:
+def mask_counts(prediction: Any, reference: Any, *, index=None, threshold: float | None = None) -> tuple:
     """Validate one mask pair and return `(intersection, union)` as Python ints.
 
     The pair is compared at the reference's resolution: shapes must be equal (never resized).
@@ -239,10 +240,10 @@ class StreamingScorer:
         self,
         prediction: Any,
         reference: Any,
-        labels: Optional[dict] = None,
-        key: Optional[Label] = None,
+        labels: dict | None = None,
+        key: Label | None = None,
         *,
-        threshold: Optional[float] = None,
+        threshold: float | None = None,
     ) -> float:
         """Score one pair (see `as_mask` for accepted masks); returns its IoU."""
         where = self._where(key)
@@ -252,9 +253,7 @@ class StreamingScorer:
         self._append(intersection, union, labels, key)
         return sample_iou(intersection, union)
 
-    def add_counts(
-        self, intersection: int, union: int, labels: Optional[dict] = None, key: Optional[Label] = None
-    ) -> float:
+    def add_counts(self, intersection: int, union: int, labels: dict | None = None, key: Label | None = None) -> float:
         """Add one sample already reduced to its counts; returns its IoU."""
         where = self._where(key)
         self._check_key(key)
@@ -280,7 +279,7 @@ class StreamingScorer:
             groups.setdefault(value if len(names) > 1 else value[0], []).append(position)
         return groups
 
-    def compute(self, by: Union[None, str, tuple] = None) -> dict:
+    def compute(self, by: None | str | tuple = None) -> dict:
         """The four metrics over all samples, or `{label value: metrics}` per group (first-seen order).
 
         `by` is a label name, or a tuple of names (then the groups are keyed by value tuples).
@@ -296,7 +295,7 @@ class StreamingScorer:
             for value, positions in self._group_indices(by).items()
         }
 
-    def group_sizes(self, by: Union[str, tuple]) -> dict:
+    def group_sizes(self, by: str | tuple) -> dict:
         """`{label value: number of samples}`, in the order of `compute(by=...)`."""
         return {value: len(positions) for value, positions in self._group_indices(by).items()}
 

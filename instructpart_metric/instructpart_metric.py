@@ -9,8 +9,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from .core import StreamingScorer
-from .core import mask_counts
+from .core import StreamingScorer, mask_counts
 
 # Stored for samples added without groups (the string feature refuses None).
 NO_GROUP = ""

@@ -1,7 +1,5 @@
 """Paper-style tables and the results JSON of a scorer (plain Python, no third-party imports)."""
 
-from typing import Optional
-
 from .core import METRIC_KEYS, StreamingScorer
 
 
@@ -37,7 +35,7 @@ def _with_sizes(metrics_by_group: dict, sizes: dict) -> dict:
 
 
 def results_dict(
-    scorer: StreamingScorer, rows_by: Optional[str] = "instruction_type", breakdown: Optional[str] = None
+    scorer: StreamingScorer, rows_by: str | None = "instruction_type", breakdown: str | None = None
 ) -> dict:
     """The JSON every scoring/evaluation command writes (fractions in [0, 1]):
 

@@ -122,18 +122,30 @@ def _train(data_dir: str, out: str, settings: DemoSettings) -> str:
     _step(f"3/5 training a tiny PISA for {settings.max_steps} steps under Accelerate")
     return train(
         [
-            "--data-dir", data_dir,
-            "--output-dir", os.path.join(out, "model"),
-            "--init-from", "tiny",
-            "--config", ",".join(CONFIGS),
-            "--split", "train",
-            "--max-steps", str(settings.max_steps),
-            "--batch-size", str(settings.batch_size),
-            "--grad-accum", "1",
-            "--lr", str(settings.lr),
-            "--warmup-steps", str(settings.warmup_steps),
-            "--log-steps", str(max(1, settings.max_steps // 10)),
-            "--seed", str(settings.seed),
+            "--data-dir",
+            data_dir,
+            "--output-dir",
+            os.path.join(out, "model"),
+            "--init-from",
+            "tiny",
+            "--config",
+            ",".join(CONFIGS),
+            "--split",
+            "train",
+            "--max-steps",
+            str(settings.max_steps),
+            "--batch-size",
+            str(settings.batch_size),
+            "--grad-accum",
+            "1",
+            "--lr",
+            str(settings.lr),
+            "--warmup-steps",
+            str(settings.warmup_steps),
+            "--log-steps",
+            str(max(1, settings.max_steps // 10)),
+            "--seed",
+            str(settings.seed),
         ]
     )
 
@@ -255,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=os.path.join("out", "demo"), help="output folder (default: out/demo)")
     parser.add_argument("--data-dir", help="a release or exported Hub folder: skip generation and training")
     parser.add_argument(
-        "--model", action="append", default=[], metavar="M",
+        "--model",
+        action="append",
+        default=[],
+        metavar="M",
         help="[NAME=]SPEC: a PISA checkpoint folder or adapter spec to score (repeatable); replaces training",
     )
     parser.add_argument("--split", default="test", help="split scored with --data-dir (default: test)")
@@ -274,8 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     settings = DemoSettings(
-        seed=args.seed, num_train=args.num_train, num_test=args.num_test,
-        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
     )
     for name in ("num_train", "num_test", "max_steps", "batch_size", "warmup_steps"):
         if getattr(settings, name) < (0 if name == "warmup_steps" else 1):
@@ -288,8 +308,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
     try:
         result = run_demo(
-            args.out, data_dir=args.data_dir, models=args.model, split=args.split,
-            settings=settings, centre_ellipse_area=args.centre_ellipse_area,
+            args.out,
+            data_dir=args.data_dir,
+            models=args.model,
+            split=args.split,
+            settings=settings,
+            centre_ellipse_area=args.centre_ellipse_area,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         message = " ".join(str(error).split()) or type(error).__name__

@@ -30,7 +30,6 @@ import os
 import re
 import sys
 import time
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -83,10 +82,10 @@ def evaluate_model(
     *,
     batch_size: int = 8,
     accelerator=None,
-    prediction_dir: Optional[str] = None,
+    prediction_dir: str | None = None,
     device=None,
     dtype=None,
-    adapter_options: Optional[dict] = None,
+    adapter_options: dict | None = None,
     progress: bool = True,
 ) -> tuple:
     """Predict and score every row of `dataset` (`load_instructpart` rows) with `model`.

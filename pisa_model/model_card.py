@@ -3,13 +3,14 @@ results) and a body saying what the model is, how to use it, how it was trained 
 
 import json
 import os
-from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 METRIC_IDS = {"gIoU": "giou", "cIoU": "ciou", "P@50:95": "precision@50:95", "P@50": "precision@50"}
-TASKS = {"trps": ("human", "gpt4"), "orps": ("part_question", "part_affordance_question", "part_name",
-                                            "part_affordance_name")}
+TASKS = {
+    "trps": ("human", "gpt4"),
+    "orps": ("part_question", "part_affordance_question", "part_name", "part_affordance_name"),
+}
 
 TEMPLATE = """---
 {{ card_data }}
@@ -102,28 +103,39 @@ def _eval_results(results_by_task: dict, dataset_id: str, split: str) -> list:
     for task, results in results_by_task.items():
         split_name = results.get("run", {}).get("split", split)
         for metric, metric_id in METRIC_IDS.items():
-            entries.append(EvalResult(
-                task_type="image-segmentation",
-                task_name=f"Part segmentation ({task.upper()})",
-                dataset_type=dataset_id,
-                dataset_name="InstructPart",
-                dataset_config=task,
-                dataset_split=split_name,
-                metric_type=metric_id,
-                metric_name=f"{metric} ({task.upper()})",
-                metric_value=round(100 * results["overall"][metric], 2),
-            ))
+            entries.append(
+                EvalResult(
+                    task_type="image-segmentation",
+                    task_name=f"Part segmentation ({task.upper()})",
+                    dataset_type=dataset_id,
+                    dataset_name="InstructPart",
+                    dataset_config=task,
+                    dataset_split=split_name,
+                    metric_type=metric_id,
+                    metric_name=f"{metric} ({task.upper()})",
+                    metric_value=round(100 * results["overall"][metric], 2),
+                )
+            )
     return entries
 
 
 def _evaluation_section(results_by_task: dict) -> str:
     if not results_by_task:
-        return ("Not evaluated yet. Score it with `accelerate launch -m pisa_model.evaluate --model <this repo> "
-                "--data-dir <release> --config trps --split test` (and `--config orps`).")
-    runs = [f"`{task}`/`{r.get('run', {}).get('split', 'test')}` of `{r.get('run', {}).get('data_dir', '?')}` "
-            f"({r['overall']['num_samples']} rows)" for task, r in results_by_task.items()]
-    lines = ["Scored by `pisa_model.evaluate` on " + ", ".join(runs) + "; percentages, columns as in the paper:", "",
-             "| task | instruction type | gIoU | cIoU | P@50:95 | P@50 |", "|---|---|---:|---:|---:|---:|"]
+        return (
+            "Not evaluated yet. Score it with `accelerate launch -m pisa_model.evaluate --model <this repo> "
+            "--data-dir <release> --config trps --split test` (and `--config orps`)."
+        )
+    runs = [
+        f"`{task}`/`{r.get('run', {}).get('split', 'test')}` of `{r.get('run', {}).get('data_dir', '?')}` "
+        f"({r['overall']['num_samples']} rows)"
+        for task, r in results_by_task.items()
+    ]
+    lines = [
+        "Scored by `pisa_model.evaluate` on " + ", ".join(runs) + "; percentages, columns as in the paper:",
+        "",
+        "| task | instruction type | gIoU | cIoU | P@50:95 | P@50 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for task, results in results_by_task.items():
         for name, metrics in results.get("by", {}).get("instruction_type", {}).items():
             cells = " | ".join(f"{100 * metrics[k]:.2f}" for k in METRIC_IDS)
@@ -139,8 +151,11 @@ def _architecture_rows(config) -> str:
     decoder = config.mask_decoder_config
     rows = [
         ("language model", f"{text.model_type}, {text.num_hidden_layers} layers, hidden size {text.hidden_size}"),
-        ("frozen DINOv2", f"{dinov2.num_hidden_layers} layers, hidden size {dinov2.hidden_size}, "
-                          f"fused layers {list(config.dinov2_feature_layers)} ({config.feature_fusion})"),
+        (
+            "frozen DINOv2",
+            f"{dinov2.num_hidden_layers} layers, hidden size {dinov2.hidden_size}, "
+            f"fused layers {list(config.dinov2_feature_layers)} ({config.feature_fusion})",
+        ),
         ("SAM mask decoder", f"hidden size {decoder.hidden_size}, {decoder.num_hidden_layers} two-way layers"),
         ("mask input", f"{config.mask_input_size} px square (longest side resized, padded)"),
         ("LoRA rank", str(config.lora_rank) if config.lora_rank else "none (full fine-tuning of the new parts)"),
@@ -152,21 +167,22 @@ def render_model_card(
     checkpoint: str,
     repo_id: str,
     *,
-    results_files: Optional[list] = None,
+    results_files: list | None = None,
     dataset_id: str = "instructpart",
-    base_models: Optional[list] = None,
+    base_models: list | None = None,
     license: str = "apache-2.0",
-    space_url: Optional[str] = None,
-    training: Optional[str] = None,
-    widget_examples: Optional[list] = None,
+    space_url: str | None = None,
+    training: str | None = None,
+    widget_examples: list | None = None,
 ) -> ModelCard:
     """The card of the checkpoint folder `checkpoint` published as `repo_id`.
 
     `dataset_id` is the Hub dataset the results refer to; `base_models` the parts it was built from (Hub ids, as
     given to `from_components`); `widget_examples` are `(file name in the repo, instruction)` pairs shown as the card's examples.
     """
-    from .configuration_pisa import PisaConfig
     from instructpart_dataset.schema import CITATION
+
+    from .configuration_pisa import PisaConfig
 
     config = PisaConfig.from_pretrained(checkpoint)
     results_by_task = load_results(results_files or [])
@@ -177,14 +193,19 @@ def render_model_card(
         datasets=[dataset_id],
         base_model=list(base_models) if base_models else None,
         tags=["pisa", "instructpart", "part-segmentation", "reasoning-segmentation", "custom_code"],
-        widget=[{"src": f"https://huggingface.co/{repo_id}/resolve/main/{name}", "text": text}
-                for name, text in (widget_examples or [])] or None,
+        widget=[
+            {"src": f"https://huggingface.co/{repo_id}/resolve/main/{name}", "text": text}
+            for name, text in (widget_examples or [])
+        ]
+        or None,
         model_name=repo_id.split("/")[-1],
         eval_results=_eval_results(results_by_task, dataset_id, "test") or None,
     )
-    summary = (f"`{repo_id}` is a PISA checkpoint for [InstructPart](https://zifuwan.github.io/InstructPart/) "
-               "task-oriented part segmentation: given a photo and an instruction, it returns the mask of the object "
-               "part that serves the task.")
+    summary = (
+        f"`{repo_id}` is a PISA checkpoint for [InstructPart](https://zifuwan.github.io/InstructPart/) "
+        "task-oriented part segmentation: given a photo and an instruction, it returns the mask of the object "
+        "part that serves the task."
+    )
     return ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
@@ -193,7 +214,8 @@ def render_model_card(
         summary=summary,
         architecture_rows=_architecture_rows(config),
         space_url=space_url,
-        training=training or (
+        training=training
+        or (
             "Trained with `accelerate launch -m pisa_model.train` on InstructPart TRPS and ORPS rows (LISA's losses: "
             f"language-model cross-entropy x{config.ce_loss_weight}, mask BCE x{config.bce_loss_weight}, "
             f"Dice x{config.dice_loss_weight}); DINOv2 and LLaVA's vision tower stay frozen."

@@ -353,9 +353,10 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
                 raise ValueError(
                     "no processor: pass processor=..., set model.processor, or load the model from a saved folder"
                 )
-            # The class is ours; the flag only answers the prompt that the `auto_map` copied into the saved
-            # sub-processor entries raises (those entries name transformers' own image processors).
-            self.processor = PisaProcessor.from_pretrained(self.name_or_path, trust_remote_code=True)
+            # Code saved in the checkpoint runs only where the caller passed trust_remote_code=True to from_pretrained.
+            self.processor = PisaProcessor.from_pretrained(
+                self.name_or_path, trust_remote_code=getattr(self, "_trust_remote_code", False)
+            )
         return self.processor
 
     @torch.inference_mode()
@@ -432,8 +433,10 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, then the freezing again: loading materialises every weight as a new,
         trainable parameter, which would let an optimizer train DINOv2 and the other frozen parts."""
+        trust_remote_code = bool(kwargs.get("trust_remote_code", False))
         model = super().from_pretrained(*args, **kwargs)
         model._set_trainable()
+        model._trust_remote_code = trust_remote_code
         return model
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, push_to_hub: bool = False, **kwargs):

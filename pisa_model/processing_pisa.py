@@ -8,6 +8,9 @@ the original size). It is a `SamImageProcessorPil` with DINOv2's (ImageNet)
 normalisation, because DINOv2's own processor centre-crops, which cannot be undone.
 """
 
+import json
+import os
+
 import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
@@ -72,6 +75,24 @@ class PisaProcessor(ProcessorMixin):
                 raise ValueError(f"the tokenizer has no single token for {token!r} (got ids {ids})")
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         self.seg_token_id = tokenizer.convert_tokens_to_ids(seg_token)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, trust_remote_code: bool = False, **kwargs):
+        """`ProcessorMixin.from_pretrained` that runs no code from the checkpoint unless `trust_remote_code=True`.
+
+        A saved PISA processor names only this class and transformers' own image processors and tokenizers. A
+        checkpoint whose processor or tokenizer files point an `auto_map` at any other module asks to run that
+        module: without the caller's `trust_remote_code=True` that is refused here, before anything is imported.
+        """
+        if not trust_remote_code:
+            foreign = _foreign_code_requests(pretrained_model_name_or_path, **kwargs)
+            if foreign:
+                where, name = foreign[0]
+                raise ValueError(
+                    f"{where}: the checkpoint asks to run its own code ({name}); "
+                    "pass trust_remote_code=True only if you trust that repository"
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **kwargs)
 
     @property
     def mask_input_size(self) -> int:
@@ -207,6 +228,70 @@ class PisaProcessor(ProcessorMixin):
     @property
     def model_input_names(self):
         return ["input_ids", "attention_mask", "pixel_values", "mask_pixel_values"]
+
+
+# The only module a saved PISA processor's `auto_map` entries may name: this file, which the installed package (or
+# the user's own `trust_remote_code=True`) provides; the saved copy is never imported without that flag.
+_OWN_MODULE = "processing_pisa"
+_PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
+def _auto_map_targets(node):
+    """Every class reference ("module.Class", or "repo--module.Class") held by an `auto_map` anywhere in `node`."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "auto_map" and isinstance(value, dict):
+                for target in value.values():
+                    for name in target if isinstance(target, (list, tuple)) else [target]:
+                        if isinstance(name, str):
+                            yield name
+            else:
+                yield from _auto_map_targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _auto_map_targets(value)
+
+
+def _read_json_file(folder_or_repo, filename: str, **kwargs):
+    """The parsed JSON of one processor file of a local folder or a Hub repo; None where the file is absent."""
+    subfolder = kwargs.get("subfolder") or ""
+    if os.path.isdir(folder_or_repo):
+        path = os.path.join(folder_or_repo, subfolder, filename)
+        if not os.path.isfile(path):
+            return path, None
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            path = hf_hub_download(
+                folder_or_repo,
+                filename,
+                subfolder=subfolder or None,
+                revision=kwargs.get("revision"),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.get("token"),
+                local_files_only=kwargs.get("local_files_only", False),
+            )
+        except EntryNotFoundError:
+            return filename, None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return path, json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable JSON file ({error})") from None
+
+
+def _foreign_code_requests(folder_or_repo, **kwargs) -> list:
+    """(file, "module.Class") for every `auto_map` entry of the processor files that names a module not ours."""
+    requests = []
+    for filename in _PROCESSOR_FILES:
+        path, data = _read_json_file(str(folder_or_repo), filename, **kwargs)
+        for name in _auto_map_targets(data):
+            module = name.split("--")[-1].rsplit(".", 1)[0]
+            if module != _OWN_MODULE:
+                requests.append((path, name))
+    return requests
 
 
 PisaProcessor.register_for_auto_class("AutoProcessor")

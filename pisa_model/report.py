@@ -89,7 +89,7 @@ def _sample_ref(sample: dict) -> tuple:
     if kind is None:
         raise ValueError(f"scored sample {key!r} has no instruction_type label")
     prefix = kind + "/"
-    return kind, key[len(prefix):] if key.startswith(prefix) else key
+    return kind, key[len(prefix) :] if key.startswith(prefix) else key
 
 
 def _relabelled(scorer: StreamingScorer, rows: RowIndex, model: str) -> list:
@@ -164,8 +164,7 @@ def console_tables(summaries: dict) -> str:
         gap = summary["reasoning_gap"]
         if gap:
             blocks.append(
-                "ORPS - TRPS gap (points): "
-                + "  ".join(f"{key} {100 * gap[key]:+.2f}" for key in html.METRIC_COLUMNS)
+                "ORPS - TRPS gap (points): " + "  ".join(f"{key} {100 * gap[key]:+.2f}" for key in html.METRIC_COLUMNS)
             )
     return "\n".join(blocks)
 
@@ -205,7 +204,7 @@ def _paper_table_section(summaries: dict) -> str:
             best[config] = {k: max(m[k] for m in found) for k in METRIC_KEYS if len({m[k] for m in found}) > 1}
     groups = "".join(f'<th colspan="{len(METRIC_KEYS)}" class="group">{config.upper()}</th>' for config in configs)
     metrics = "".join(
-        f'<th{" class=group-start" if k == 0 else ""}>{html.escape(key)}</th>'
+        f"<th{' class=group-start' if k == 0 else ''}>{html.escape(key)}</th>"
         for _ in configs
         for k, key in enumerate(html.METRIC_COLUMNS)
     )
@@ -224,7 +223,7 @@ def _paper_table_section(summaries: dict) -> str:
         '<p class="lead">TRPS: task instructions (human, GPT-4); ORPS: the part named (four phrasings). '
         "Percentages; the best model per column is in green.</p>"
         f'<table id="paper-table" class="wide"><thead><tr><th rowspan="2" class="text">Model</th>{groups}</tr>'
-        f'<tr>{metrics}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>'
+        f"<tr>{metrics}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
     )
 
 
@@ -266,7 +265,7 @@ def _results_table_section(summaries: dict) -> str:
         '<section id="results"><h2>Results by instruction type</h2>'
         '<p class="lead">Percentages, columns in the paper\'s order; the best model per row is in green.</p>'
         f'<table id="results-table"><thead>{html.header_cells("Model", "Instruction type", with_count=True)}</thead>'
-        f'<tbody>{"".join(body)}</tbody></table></section>'
+        f"<tbody>{''.join(body)}</tbody></table></section>"
     )
 
 
@@ -310,7 +309,7 @@ def _charts_section(summaries: dict, rows: RowIndex, figures_dir: str | None) ->
     return (
         '<section id="breakdown"><h2>gIoU per object, part, affordance and action</h2>'
         '<p class="lead">Each category lists its number of annotated parts; best categories on top.</p>'
-        f'{"".join(blocks)}</section>'
+        f"{''.join(blocks)}</section>"
     )
 
 
@@ -337,9 +336,9 @@ def _examples_section(summaries: dict, predictions: dict, rows: RowIndex, max_si
             cards.append(
                 f'<div class="example" data-rank="{rank}"><span class="tag {rank}">{rank}</span>'
                 f'<span class="iou">IoU {html.percent(pick["iou"])}</span>'
-                f'<blockquote>“{html.escape(row["instruction"])}”</blockquote>'
+                f"<blockquote>“{html.escape(row['instruction'])}”</blockquote>"
                 f'<div class="meta">{html.escape(ref[0])} · {html.escape(row["object"])} → '
-                f'{html.escape(row["part"])} · {html.escape(ref[1])}</div>'
+                f"{html.escape(row['part'])} · {html.escape(ref[1])}</div>"
                 f'<div class="panels">{figures}</div></div>'
             )
         blocks.append(
@@ -347,10 +346,7 @@ def _examples_section(summaries: dict, predictions: dict, rows: RowIndex, max_si
             f"<h3>{html.escape(model)} · {CONFIG_TITLES[config]}</h3>"
             f'<div class="grid">{"".join(cards)}</div></div>'
         )
-    return (
-        '<section id="examples"><h2>Best, median and worst samples</h2>'
-        f"{legend}{''.join(blocks)}</section>"
-    )
+    return f'<section id="examples"><h2>Best, median and worst samples</h2>{legend}{"".join(blocks)}</section>'
 
 
 # ---------------------------------------------------------------- entry points
@@ -424,7 +420,10 @@ def _parse_args(argv):
     parser.add_argument("--data-dir", required=True, help="a release folder or an exported Hub dataset folder")
     parser.add_argument("--split", default="test")
     parser.add_argument(
-        "--predictions", action="append", required=True, metavar="NAME=DIR",
+        "--predictions",
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
         help="a model's predictions folder (<instruction_type>/<id>.png); repeat for each model",
     )
     parser.add_argument("--out", required=True, help="folder for report.html and report.json")
@@ -448,7 +447,11 @@ def main(argv=None) -> int:
         datasets = [load_instructpart(args.data_dir, config=c, split=args.split) for c in CONFIGS]
         scorers = {name: score_folder(folder, datasets) for name, folder in predictions.items()}
         path = write_report(
-            args.out, scorers, predictions, datasets, title=args.title,
+            args.out,
+            scorers,
+            predictions,
+            datasets,
+            title=args.title,
             subtitle=f"{args.data_dir} · split {args.split}",
         )
     except (ValueError, FileNotFoundError) as error:

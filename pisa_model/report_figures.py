@@ -45,7 +45,12 @@ def bar_chart_png(title: str, panels: dict, model_names: list, counts: dict) -> 
     bar = 0.8 / max(1, n_models)
     height = max(2.4, 0.16 * len(categories) * max(1, n_models) + 1.4)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(4.6 * len(panels) + 1.6, height), sharey=True, squeeze=False, dpi=110,
+        1,
+        len(panels),
+        figsize=(4.6 * len(panels) + 1.6, height),
+        sharey=True,
+        squeeze=False,
+        dpi=110,
         layout="constrained",
     )
     positions = np.arange(len(categories))

@@ -213,8 +213,18 @@ def test_cli_prints_one_line_and_exits_2(release, tmp_path):
     sid = _first_id(release)
     os.remove(os.path.join(release, "test", "masks", sid + ".png"))
     result = subprocess.run(
-        [sys.executable, "-m", "instructpart_dataset", "export", "--data-dir", release, "--output", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "instructpart_dataset",
+            "export",
+            "--data-dir",
+            release,
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]

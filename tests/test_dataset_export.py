@@ -31,16 +31,22 @@ def test_layout_and_card_metadata(exported, release_dir):
     folder, counts = exported
     num_test = len(os.listdir(os.path.join(release_dir, "test", "masks")))
     num_train = len(os.listdir(os.path.join(release_dir, "train", "train1800", "masks")))
-    assert counts == {"trps": {"test": 2 * num_test, "train": 2 * num_train},
-                      "orps": {"test": 4 * num_test, "train": 4 * num_train}}
+    assert counts == {
+        "trps": {"test": 2 * num_test, "train": 2 * num_train},
+        "orps": {"test": 4 * num_test, "train": 4 * num_train},
+    }
     assert sorted(os.listdir(folder)) == ["README.md", "orps", "trps"]
     assert sorted(os.listdir(os.path.join(folder, "trps"))) == [
-        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
+        "test-00000-of-00001.parquet",
+        "train-00000-of-00001.parquet",
+    ]
     meta, text = _card_yaml(folder)
     configs = {c["config_name"]: c for c in meta["configs"]}
     assert configs["trps"].get("default") is True and "default" not in configs["orps"]
-    assert {f["split"]: f["path"] for f in configs["orps"]["data_files"]} == {"test": "orps/test-*",
-                                                                            "train": "orps/train-*"}
+    assert {f["split"]: f["path"] for f in configs["orps"]["data_files"]} == {
+        "test": "orps/test-*",
+        "train": "orps/train-*",
+    }
     infos = {i["config_name"]: i for i in meta["dataset_info"]}
     assert {s["name"]: s["num_examples"] for s in infos["orps"]["splits"]} == counts["orps"]
     assert meta["license"] == "mit" and meta["task_categories"] == ["image-segmentation"]
@@ -57,7 +63,8 @@ def test_rows_equal_the_release_rows(exported, release_dir):
             assert len(from_export) == len(from_release)
             for a, b in zip(from_release, from_export):
                 assert {k: v for k, v in a.items() if k not in ("image", "mask")} == {
-                    k: v for k, v in b.items() if k not in ("image", "mask")}
+                    k: v for k, v in b.items() if k not in ("image", "mask")
+                }
                 np.testing.assert_array_equal(a["mask"], b["mask"])
                 assert a["image"].size == b["image"].size
 
@@ -87,11 +94,17 @@ def test_load_dataset_by_folder_name_offline(exported):
         "print(len(d['test']), len(d['train']), len(o), m.dtype, m.ndim)\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(folder), env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=os.path.dirname(folder), env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split()[-5:] == [str(counts["trps"]["test"]), str(counts["trps"]["train"]),
-                                          str(counts["orps"]["test"]), "bool", "2"]
+    assert result.stdout.split()[-5:] == [
+        str(counts["trps"]["test"]),
+        str(counts["trps"]["train"]),
+        str(counts["orps"]["test"]),
+        "bool",
+        "2",
+    ]
 
 
 def test_export_refuses_to_overwrite_without_flag(exported, release_dir):

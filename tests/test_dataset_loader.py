@@ -11,7 +11,16 @@ from instructpart_dataset import load_instructpart, sample_id
 from instructpart_dataset.synthetic import make_release
 
 EXPECTED_COLUMNS = [
-    "id", "image", "mask", "object", "part", "affordance", "action", "instruction", "instruction_type", "train_subset",
+    "id",
+    "image",
+    "mask",
+    "object",
+    "part",
+    "affordance",
+    "action",
+    "instruction",
+    "instruction_type",
+    "train_subset",
 ]
 
 
@@ -38,11 +47,19 @@ def test_test_split_rows_match_the_release_json(release_dir, config, variants):
     dataset = load_instructpart(release_dir, config, "test")
     assert dataset.column_names == EXPECTED_COLUMNS
     assert len(dataset) == len(entries) * len(variants)
-    types = {0: "human", 1: "gpt4", 2: "part_question", 3: "part_affordance_question", 4: "part_name",
-             5: "part_affordance_name"}
+    types = {
+        0: "human",
+        1: "gpt4",
+        2: "part_question",
+        3: "part_affordance_question",
+        4: "part_name",
+        5: "part_affordance_name",
+    }
     expected = {(sid, types[v]): p["instruction"][v] for sid, p in entries for v in variants}
-    got = {(row["id"], row["instruction_type"]): row["instruction"] for row in dataset.select_columns(
-        ["id", "instruction_type", "instruction"])}
+    got = {
+        (row["id"], row["instruction_type"]): row["instruction"]
+        for row in dataset.select_columns(["id", "instruction_type", "instruction"])
+    }
     assert got == expected
     meta = {sid: (p["object"], p["part"], p["affordance"], p["action"]) for sid, p in entries}
     for row in dataset.select_columns(["id", "object", "part", "affordance", "action", "train_subset"]):
@@ -62,7 +79,9 @@ def test_masks_are_bool_arrays_equal_to_the_pngs(release_dir):
 
 
 def test_an_image_with_two_parts_gives_two_distinct_masks(release_dir):
-    dataset = load_instructpart(release_dir, "trps", "test").filter(lambda t: t == "human", input_columns="instruction_type")
+    dataset = load_instructpart(release_dir, "trps", "test").filter(
+        lambda t: t == "human", input_columns="instruction_type"
+    )
     by_image = {}
     for row in dataset:
         by_image.setdefault(row["id"].split("-")[0], []).append(row["mask"])

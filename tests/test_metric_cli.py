@@ -99,7 +99,9 @@ def test_an_exported_hub_folder_scores_like_the_release_folder(release_dir, tmp_
     from instructpart_dataset.export import export_release
 
     truths = release_truths(release_dir)
-    predictions = {(kind, sid): shifted(mask, 2 + k) for sid, (mask, _) in truths.items() for k, kind in enumerate(TRPS)}
+    predictions = {
+        (kind, sid): shifted(mask, 2 + k) for sid, (mask, _) in truths.items() for k, kind in enumerate(TRPS)
+    }
     folder = write_predictions(tmp_path / "pred", predictions)
     exported = str(tmp_path / "export")
     export_release(release_dir, exported, num_workers=1)
@@ -186,9 +188,26 @@ def test_a_fresh_interpreter_with_two_workers_scores_perfect_orps_predictions(re
     perfect = {(kind, sample_id): mask for sample_id, (mask, _) in truths.items() for kind in ORPS}
     folder = write_predictions(tmp_path / "pred", perfect)
     result = subprocess.run(
-        [sys.executable, "-m", "instructpart_metric", "score", "--predictions", folder, "--data-dir", release_dir,
-         "--config", "orps", "--num-workers", "2", "--json", str(tmp_path / "r.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "instructpart_metric",
+            "score",
+            "--predictions",
+            folder,
+            "--data-dir",
+            release_dir,
+            "--config",
+            "orps",
+            "--num-workers",
+            "2",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "r.json").read_text())

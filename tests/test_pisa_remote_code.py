@@ -137,3 +137,78 @@ def test_from_components_copies_the_pretrained_parts(tmp_path):
     loaded = PisaForPartSegmentation.from_pretrained(folder)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
     assert np.array_equal(loaded.predict([image], ["armrest"])[0], model.predict([image], ["armrest"])[0])
+
+
+HOSTILE_MODULE = """
+import pathlib
+pathlib.Path({ran!r}).write_text("imported")  # transformers imports a copy in its modules cache: an absolute path
+from transformers import {base}
+
+
+class HostileProcessor({base}):
+    pass
+"""
+
+
+def _plant_hostile_code(folder, filename, key_path, base):
+    """Point one `auto_map` of a saved checkpoint's processor files at a module of the checkpoint's own."""
+    ran = os.path.join(folder, "RAN")
+    with open(os.path.join(folder, "hostile.py"), "w") as handle:
+        handle.write(HOSTILE_MODULE.format(base=base, ran=ran))
+    path = os.path.join(folder, filename)
+    with open(path) as handle:
+        data = json.load(handle)
+    node = data
+    for key in key_path:
+        node = node[key]
+    auto_class = "AutoTokenizer" if filename == "tokenizer_config.json" else "AutoImageProcessor"
+    target = ["hostile.HostileProcessor", None] if auto_class == "AutoTokenizer" else "hostile.HostileProcessor"
+    node["auto_map"] = {auto_class: target}
+    with open(path, "w") as handle:
+        json.dump(data, handle)
+    return ran
+
+
+@pytest.mark.parametrize(
+    "filename,key_path,base,imported_with_consent",
+    [
+        ("processor_config.json", ("image_processor",), "CLIPImageProcessorPil", True),
+        # transformers builds the second image processor from its `image_processor_type` alone, even when trusted.
+        ("processor_config.json", ("mask_image_processor",), "SamImageProcessorPil", False),
+        ("tokenizer_config.json", (), "PreTrainedTokenizerFast", None),
+    ],
+)
+def test_checkpoint_code_runs_only_with_the_users_consent(tmp_path, filename, key_path, base, imported_with_consent):
+    model, _ = tiny_pisa(seed=0)
+    model.save_pretrained(tmp_path)
+    ran = _plant_hostile_code(str(tmp_path), filename, key_path, base)
+    image = Image.new("RGB", (32, 24))
+
+    loaded = PisaForPartSegmentation.from_pretrained(tmp_path)
+    with pytest.raises(ValueError) as error:
+        loaded.predict([image], ["where is the handle?"])
+    message = str(error.value)
+    assert "\n" not in message
+    assert os.path.join(str(tmp_path), filename) in message and "hostile.HostileProcessor" in message
+    assert "trust_remote_code=True" in message
+    assert not os.path.exists(ran)
+
+    # The processor loaded on its own refuses the same way; with consent the checkpoint's module is imported.
+    from pisa_model import PisaProcessor
+
+    with pytest.raises(ValueError, match="asks to run its own code"):
+        PisaProcessor.from_pretrained(tmp_path)
+    assert not os.path.exists(ran)
+    if imported_with_consent is not None:  # (the hostile tokenizer class is no tokenizer the processor accepts)
+        trusted = PisaForPartSegmentation.from_pretrained(tmp_path, trust_remote_code=True)
+        assert trusted.predict([image], ["where is the handle?"])[0].shape == (24, 32)
+        assert os.path.exists(ran) == imported_with_consent
+
+
+def test_checkpoint_saved_by_this_package_loads_without_trust_remote_code(tmp_path):
+    model, _ = tiny_pisa(seed=0)
+    model.save_pretrained(tmp_path)
+    image = Image.new("RGB", (40, 30), (120, 30, 200))
+    expected = model.predict([image], ["where is the handle?"])[0]
+    loaded = PisaForPartSegmentation.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(loaded.predict([image], ["where is the handle?"])[0], expected)

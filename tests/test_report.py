@@ -1,11 +1,11 @@
 """The HTML report: its numbers against a naive loop over the masks, and its page in headless Chromium."""
 
 import json
-from fractions import Fraction
 import os
 import shutil
 import subprocess
 import tempfile
+from fractions import Fraction
 from html import escape, unescape
 from html.parser import HTMLParser
 
@@ -270,9 +270,17 @@ def render_probe(html_path: str) -> dict:
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
         flags = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--window-size=1300,2000", "--virtual-time-budget=5000",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--window-size=1300,2000",
+            "--virtual-time-budget=5000",
         ]
         result = subprocess.run(
             [CHROMIUM, *flags, "--dump-dom", "file://" + probed], capture_output=True, text=True, timeout=120

@@ -15,7 +15,9 @@ def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
     c = make_release(str(tmp_path / "c"), seed=5, num_train=3, num_test=2)
     files = sorted(os.path.relpath(os.path.join(r, f), a) for r, _, fs in os.walk(a) for f in fs)
     assert files and all(filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False) for f in files)
-    assert sorted(os.listdir(os.path.join(c, "test", "images"))) != sorted(os.listdir(os.path.join(a, "test", "images")))
+    assert sorted(os.listdir(os.path.join(c, "test", "images"))) != sorted(
+        os.listdir(os.path.join(a, "test", "images"))
+    )
 
 
 @pytest.mark.parametrize("size", [(4, 4), (7, 5), (13, 9), (160, 97)])

@@ -67,20 +67,36 @@ def test_a_broken_stage_fails_verification(staged_dataset, tmp_path):
 def test_push_sends_one_commit_with_every_staged_file(staged_dataset):
     stage, _ = staged_dataset
     api = RecordingApi()
-    url = upload.push(stage, "org/instructpart", "dataset", private=True, revision="v1",
-                      commit_message="Upload the InstructPart dataset", api=api)
+    url = upload.push(
+        stage,
+        "org/instructpart",
+        "dataset",
+        private=True,
+        revision="v1",
+        commit_message="Upload the InstructPart dataset",
+        api=api,
+    )
     assert url == "https://huggingface.co/org/instructpart"
     assert [c[0] for c in api.calls] == ["create_repo", "create_branch", "upload_folder"]
-    assert api.calls[0] == ("create_repo", "org/instructpart",
-                            {"repo_type": "dataset", "private": True, "exist_ok": True, "space_sdk": None})
-    assert api.calls[1] == ("create_branch", "org/instructpart",
-                            {"repo_type": "dataset", "branch": "v1", "exist_ok": True})
+    assert api.calls[0] == (
+        "create_repo",
+        "org/instructpart",
+        {"repo_type": "dataset", "private": True, "exist_ok": True, "space_sdk": None},
+    )
+    assert api.calls[1] == (
+        "create_branch",
+        "org/instructpart",
+        {"repo_type": "dataset", "branch": "v1", "exist_ok": True},
+    )
     name, repo_id, sent = api.calls[2]
     expected_files = sorted(os.path.relpath(os.path.join(r, f), stage) for r, _, fs in os.walk(stage) for f in fs)
     assert repo_id == "org/instructpart" and sent["files"] == expected_files
     assert "README.md" in sent["files"] and any(f.startswith("trps/test-") for f in sent["files"])
     assert (sent["repo_type"], sent["revision"], sent["commit_message"]) == (
-        "dataset", "v1", "Upload the InstructPart dataset")
+        "dataset",
+        "v1",
+        "Upload the InstructPart dataset",
+    )
 
 
 def test_push_of_a_large_folder_uses_upload_large_folder(staged_dataset, monkeypatch):
@@ -94,13 +110,21 @@ def test_push_of_a_large_folder_uses_upload_large_folder(staged_dataset, monkeyp
 
 def _run_upload(args, tmp_path, **env):
     full_env = {**os.environ, **env}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "upload.py"), *args], cwd=tmp_path,
-                          env=full_env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "upload.py"), *args],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
-    result = _run_upload(["dataset", "--data-dir", release_dir, "--repo-id", "org/instructpart", "--dry-run",
-                          "--private"], tmp_path, HF_HUB_OFFLINE="1")
+    result = _run_upload(
+        ["dataset", "--data-dir", release_dir, "--repo-id", "org/instructpart", "--dry-run", "--private"],
+        tmp_path,
+        HF_HUB_OFFLINE="1",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "would create private dataset repo org/instructpart" in result.stdout
     assert "trps/test-00000-of-00001.parquet" in result.stdout and "nothing pushed" in result.stdout
@@ -109,8 +133,12 @@ def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
 
 def test_offline_push_fails_in_one_line_keeps_the_stage_and_hides_the_token(release_dir, tmp_path):
     token = "hf_secretTokenThatMustNotLeak123"
-    result = _run_upload(["dataset", "--data-dir", release_dir, "--repo-id", "org/instructpart"], tmp_path,
-                         HF_HUB_OFFLINE="1", HF_TOKEN=token)
+    result = _run_upload(
+        ["dataset", "--data-dir", release_dir, "--repo-id", "org/instructpart"],
+        tmp_path,
+        HF_HUB_OFFLINE="1",
+        HF_TOKEN=token,
+    )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "push to org/instructpart failed" in lines[0] and "for a retry" in lines[0]
@@ -119,8 +147,9 @@ def test_offline_push_fails_in_one_line_keeps_the_stage_and_hides_the_token(rele
 
 
 def test_bad_release_stops_before_anything_is_pushed(tmp_path):
-    result = _run_upload(["dataset", "--data-dir", str(tmp_path / "nowhere"), "--repo-id", "org/x", "--dry-run"],
-                         tmp_path)
+    result = _run_upload(
+        ["dataset", "--data-dir", str(tmp_path / "nowhere"), "--repo-id", "org/x", "--dry-run"], tmp_path
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in result.stderr
 
@@ -158,11 +187,19 @@ def tiny_checkpoint(tmp_path_factory):
 def _results_file(path, config, split, metrics_by_type):
     import json
 
-    overall = {k: sum(m[k] for m in metrics_by_type.values()) / len(metrics_by_type)
-               for k in ("gIoU", "cIoU", "P@50:95", "P@50")}
+    overall = {
+        k: sum(m[k] for m in metrics_by_type.values()) / len(metrics_by_type)
+        for k in ("gIoU", "cIoU", "P@50:95", "P@50")
+    }
     with open(path, "w") as f:
-        json.dump({"overall": {**overall, "num_samples": 10}, "by": {"instruction_type": metrics_by_type},
-                   "run": {"config": config, "split": split, "data_dir": "/data/InstructPart"}}, f)
+        json.dump(
+            {
+                "overall": {**overall, "num_samples": 10},
+                "by": {"instruction_type": metrics_by_type},
+                "run": {"config": config, "split": split, "data_dir": "/data/InstructPart"},
+            },
+            f,
+        )
     return str(path)
 
 
@@ -172,11 +209,18 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
     metrics = {"gIoU": 0.31234, "cIoU": 0.4, "P@50:95": 0.105, "P@50": 0.25}
     trps = _results_file(tmp_path / "trps.json", "trps", "test", {"human": metrics, "gpt4": metrics})
     stage = str(tmp_path / "model" / "pisa-tiny")
-    upload.stage_model(tiny_checkpoint, stage, "org/pisa-tiny", [trps], space_repo_id="org/pisa-demo",
-                       base_models=["llava-hf/llava-1.5-7b-hf"])
+    upload.stage_model(
+        tiny_checkpoint,
+        stage,
+        "org/pisa-tiny",
+        [trps],
+        space_repo_id="org/pisa-demo",
+        base_models=["llava-hf/llava-1.5-7b-hf"],
+    )
     upload.verify_model(tiny_checkpoint, stage)
     assert {"model.safetensors", "config.json", "modeling_pisa.py", "README.md", "example.jpg"} <= set(
-        os.listdir(stage))
+        os.listdir(stage)
+    )
     with open(os.path.join(stage, "README.md")) as f:
         text = f.read()
     meta = yaml.safe_load(text.split("---\n")[1])
@@ -185,7 +229,11 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
     (result,) = meta["model-index"][0]["results"]
     assert result["dataset"]["config"] == "trps" and result["dataset"]["split"] == "test"
     assert {m["name"]: m["value"] for m in result["metrics"]} == {
-        "gIoU (TRPS)": 31.23, "cIoU (TRPS)": 40.0, "P@50:95 (TRPS)": 10.5, "P@50 (TRPS)": 25.0}
+        "gIoU (TRPS)": 31.23,
+        "cIoU (TRPS)": 40.0,
+        "P@50:95 (TRPS)": 10.5,
+        "P@50 (TRPS)": 25.0,
+    }
     assert "https://huggingface.co/spaces/org/pisa-demo" in text and "| TRPS | human | 31.23 |" in text
 
     os.remove(os.path.join(stage, "pipeline_pisa.py"))

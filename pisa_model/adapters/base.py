@@ -19,7 +19,7 @@ CKPT is a local folder or a Hub repo id. Adapter options (`threshold`, ...) are 
 
 import inspect
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -156,7 +156,7 @@ def parse_option(text: str) -> tuple:
     return key, value
 
 
-def require_argument(name: str, argument: Optional[str], form: str) -> str:
+def require_argument(name: str, argument: str | None, form: str) -> str:
     if not argument:
         raise ValueError(f"{name} needs a checkpoint: --model {form}")
     return argument

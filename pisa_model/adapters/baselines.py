@@ -20,7 +20,7 @@ centre-ellipse
 """
 
 import math
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -99,9 +99,9 @@ def _centre_ellipse(
     *,
     device=None,
     dtype=None,
-    relative_area: Optional[float] = None,
-    train_masks: Optional[Iterable] = None,
-    data_dir: Optional[str] = None,
+    relative_area: float | None = None,
+    train_masks: Iterable | None = None,
+    data_dir: str | None = None,
 ):
     if argument:
         raise ValueError(f"centre-ellipse takes no checkpoint (got {argument!r})")

@@ -22,7 +22,6 @@ the parsed part, object, and both match the ground truth exactly (lower case, `_
 """
 
 import re
-from typing import Optional
 
 from .base import (
     Adapter,
@@ -62,12 +61,12 @@ _OBJECT_STOP = {
 MAX_WORDS = 3
 
 
-def normalize_name(name: Optional[str]) -> str:
+def normalize_name(name: str | None) -> str:
     """Lower case, `_` as space, spaces collapsed: the form in which names are compared."""
     return " ".join((name or "").replace("_", " ").lower().split())
 
 
-def parse_part_phrase(answer: str) -> Optional[tuple]:
+def parse_part_phrase(answer: str) -> tuple | None:
     """`(part, object)` from the first "<part> of [the] <object>" in `answer`, lower case; None when there is none."""
     tokens = _TOKEN.findall(normalize_name(_MARKUP.sub(" ", answer)))
     for index, token in enumerate(tokens):
