@@ -21,7 +21,12 @@ DEFAULT_CONFIG = "trps"
 TRAIN_SUBSETS = (200, 600, 1200, 1800)
 SPLITS = ("test", "train") + tuple(f"train{n}" for n in TRAIN_SUBSETS)
 
-ENTRY_FIELDS = ("object", "part", "affordance", "action", "instruction")
+# The label columns of a row, by which scores are broken down.
+LABEL_COLUMNS = ("object", "part", "affordance", "action")
+# The labels a scored sample carries (a scorer's `labels=`): its instruction type and the label columns.
+SCORE_LABELS = ("instruction_type", *LABEL_COLUMNS)
+ENTRY_FIELDS = (*LABEL_COLUMNS, "instruction")
+CONFIG_OF_TYPE = {kind: config for config, kinds in CONFIGS.items() for kind in kinds}
 
 FEATURES = datasets.Features(
     {
@@ -43,6 +48,29 @@ def sample_id(image_path: str, object_name: str, part_name: str) -> str:
     """The release file stem of one annotated part: `<image stem>-<object>-<part>`, spaces as `_`."""
     stem = image_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return f"{stem}-{object_name.replace(' ', '_')}-{part_name.replace(' ', '_')}"
+
+
+def sample_key(instruction_type: str, sample: str) -> str:
+    """The key of a scored sample, `<instruction_type>/<id>`: ids repeat across instruction variants, keys do not."""
+    return f"{instruction_type}/{sample}"
+
+
+def parse_sample_key(key: str) -> tuple:
+    """`"<instruction_type>/<id>"` -> `(instruction_type, id)`; a ValueError for anything else."""
+    kind, sep, sample = str(key).partition("/")
+    if not sep or kind not in INSTRUCTION_TYPES or not sample:
+        raise ValueError(f"sample key {key!r} is not <instruction_type>/<id> (types: {', '.join(INSTRUCTION_TYPES)})")
+    return kind, sample
+
+
+def row_key(row: dict) -> str:
+    """`sample_key` of a dataset row."""
+    return sample_key(row["instruction_type"], row["id"])
+
+
+def row_labels(row: dict) -> dict:
+    """The `SCORE_LABELS` of a dataset row (or of a dict of columns' values)."""
+    return {name: row[name] for name in SCORE_LABELS}
 
 
 def check_config(config: str) -> str:

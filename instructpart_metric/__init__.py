@@ -1,9 +1,14 @@
 """InstructPart's metrics: gIoU, cIoU, P@50, P@50:95 of binary part masks.
 
-The core (`core.py`) is pure numpy; `instructpart_metric.py` wraps it as an `evaluate` module
-(`evaluate.load("path/to/instructpart_metric")`); `python -m instructpart_metric score` scores a
-folder of predicted PNGs against the benchmark. Definitions and conventions: README.md here.
+The core (`core.py`, `tables.py`) is pure numpy; `instructpart_metric.py` wraps it as an `evaluate` module
+(`evaluate.load("path/to/instructpart_metric")`); `score_predictions` (`predictions.py`) scores a folder of
+predicted PNGs against the benchmark, for `python -m instructpart_metric score` and `... report` (the HTML
+report, `report.py`). Definitions and conventions: README.md here.
+
+`import instructpart_metric` loads the core only: the names that need `datasets` are imported on first use.
 """
+
+import importlib
 
 from .core import (
     METRIC_KEYS,
@@ -16,6 +21,16 @@ from .core import (
 )
 from .tables import format_table, results_dict
 
+_LAZY = {
+    "FolderScore": "predictions",
+    "prediction_path": "predictions",
+    "read_mask_png": "predictions",
+    "read_prediction": "predictions",
+    "save_prediction": "predictions",
+    "score_predictions": "predictions",
+    "write_report": "report",
+}
+
 __all__ = [
     "METRIC_KEYS",
     "PRECISION_NUMERATORS",
@@ -26,4 +41,17 @@ __all__ = [
     "metrics_from_counts",
     "results_dict",
     "sample_iou",
+    *_LAZY,
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -197,8 +197,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo (see the module docstring) into `out`; returns where everything went and the numbers."""
     from instructpart_dataset import load_instructpart
-
-    from . import report
+    from instructpart_metric import report
 
     settings = settings or DemoSettings()
     if data_dir is not None and not os.path.exists(data_dir):
@@ -319,7 +318,7 @@ def main(argv=None) -> int:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"pisa_model.demo: error: {message}", file=sys.stderr)
         return 2
-    from .report import console_tables
+    from instructpart_metric.report import console_tables
 
     print()
     print(console_tables(result.summaries))

@@ -32,28 +32,13 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 
-from instructpart_dataset.files import write_atomic, write_json_atomic, write_text_atomic
+from instructpart_dataset.files import write_json_atomic, write_text_atomic
+from instructpart_dataset.schema import CONFIGS, DEFAULT_CONFIG, LABEL_COLUMNS, SCORE_LABELS, row_key, row_labels
 from instructpart_metric import StreamingScorer, format_table, results_dict
+from instructpart_metric.predictions import save_prediction
 
 from .adapters import load_adapter, parse_option
-
-LABELS = ("instruction_type", "object", "part", "affordance", "action")
-BREAKDOWNS = LABELS[1:]
-
-
-def sample_key(row: dict) -> str:
-    """The scorer key of a row: ids repeat across instruction variants, `<instruction_type>/<id>` does not."""
-    return f"{row['instruction_type']}/{row['id']}"
-
-
-def save_prediction(prediction_dir: str, row: dict, mask: np.ndarray) -> str:
-    """`prediction_dir/<instruction_type>/<id>.png`, a mode "1" PNG (non-zero = foreground)."""
-    path = os.path.join(prediction_dir, row["instruction_type"], row["id"] + ".png")
-    image = Image.fromarray(np.asarray(mask, dtype=bool))
-    write_atomic(path, lambda temporary: image.save(temporary, format="PNG"))
-    return path
 
 
 def _write_jsonl(path: str, records: list) -> None:
@@ -112,7 +97,7 @@ def evaluate_model(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    missing = [c for c in ("id", "image", "mask", "instruction", *LABELS) if c not in dataset.column_names]
+    missing = [c for c in ("id", "image", "mask", "instruction", *SCORE_LABELS) if c not in dataset.column_names]
     if missing:
         raise ValueError(f"the dataset lacks column(s) {', '.join(missing)}")
     if device is None and accelerator is not None:
@@ -130,13 +115,13 @@ def evaluate_model(
         if len(masks) != len(rows) or (extras is not None and len(extras) != len(rows)):
             raise ValueError(f"{adapter.name} returned {len(masks)} masks for {len(rows)} rows")
         for position, (row, mask) in enumerate(zip(rows, masks)):
-            key = sample_key(row)
+            key = row_key(row)
             reference = np.asarray(row["mask"], dtype=bool)
             if np.shape(mask) != reference.shape:
                 raise ValueError(
                     f"sample {key}: {adapter.name} predicted a {np.shape(mask)} mask for a {reference.shape} image"
                 )
-            scorer.add(mask, reference, labels={name: row[name] for name in LABELS}, key=key)
+            scorer.add(mask, reference, labels=row_labels(row), key=key)
             if prediction_dir is not None:
                 save_prediction(prediction_dir, row, mask)
             if extras is not None:
@@ -178,12 +163,12 @@ def _parse_args(argv):
     )
     parser.add_argument("--model", required=True, help="PISA checkpoint folder or adapter spec (NAME[:CHECKPOINT])")
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub repo id")
-    parser.add_argument("--config", default="trps", choices=("trps", "orps"))
+    parser.add_argument("--config", default=DEFAULT_CONFIG, choices=CONFIGS)
     parser.add_argument("--split", default="test")
     parser.add_argument("--output-dir", help="where results.json (and predictions/) go; default out/evaluate/<model>")
     parser.add_argument("--save-predictions", action="store_true", help="write predictions/<type>/<id>.png")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per predict call, per process")
-    parser.add_argument("--by", nargs="+", default=[], choices=BREAKDOWNS, help="extra per-label breakdowns")
+    parser.add_argument("--by", nargs="+", default=[], choices=LABEL_COLUMNS, help="extra per-label breakdowns")
     parser.add_argument("--limit", type=int, help="score only the first N rows (after config and split)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default: float32)")
     parser.add_argument(
@@ -285,4 +270,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["evaluate_model", "main", "sample_key", "save_prediction"]
+__all__ = ["evaluate_model", "main"]

@@ -6,11 +6,9 @@ import os
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from instructpart_dataset.schema import CITATION, CONFIGS
+
 METRIC_IDS = {"gIoU": "giou", "cIoU": "ciou", "P@50:95": "precision@50:95", "P@50": "precision@50"}
-TASKS = {
-    "trps": ("human", "gpt4"),
-    "orps": ("part_question", "part_affordance_question", "part_name", "part_affordance_name"),
-}
 
 TEMPLATE = """---
 {{ card_data }}
@@ -69,10 +67,10 @@ languages are untested. Scores on InstructPart's 600 test entries move by a poin
 def _infer_task(results: dict, path: str) -> str:
     """The task of a results file: what its run recorded, else what its instruction types say."""
     recorded = results.get("run", {}).get("config")
-    if recorded in TASKS:
+    if recorded in CONFIGS:
         return recorded
     types = set(results.get("by", {}).get("instruction_type", {}))
-    for task, names in TASKS.items():
+    for task, names in CONFIGS.items():
         if types and types <= set(names):
             return task
     raise ValueError(f"{path}: cannot tell TRPS from ORPS (instruction types {sorted(types) or 'missing'})")
@@ -180,8 +178,6 @@ def render_model_card(
     `dataset_id` is the Hub dataset the results refer to; `base_models` the parts it was built from (Hub ids, as
     given to `from_components`); `widget_examples` are `(file name in the repo, instruction)` pairs shown as the card's examples.
     """
-    from instructpart_dataset.schema import CITATION
-
     from .configuration_pisa import PisaConfig
 
     config = PisaConfig.from_pretrained(checkpoint)

@@ -8,12 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
+import tiny_adapters as tiny
 import torch
 from PIL import Image, ImageDraw
 
 from instructpart_dataset.synthetic import make_release
 from pisa_model.adapters import load_adapter
-from pisa_model.adapters import testing as tiny
 from pisa_model.adapters.baselines import ellipse_mask, mean_relative_area
 from pisa_model.adapters.reason_then_ground import (
     ReasonThenGroundAdapter,

@@ -9,11 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import tiny_adapters as tiny
 from PIL import Image
 
 from instructpart_dataset import load_instructpart
 from instructpart_metric import mask_counts
-from pisa_model.adapters import testing as tiny
 from pisa_model.adapters.baselines import FullImageAdapter
 from pisa_model.adapters.reason_then_ground import ReasonThenGroundAdapter
 from pisa_model.evaluate import evaluate_model, main

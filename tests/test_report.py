@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from instructpart_dataset import load_instructpart
-from instructpart_dataset.schema import CONFIGS, INSTRUCTION_TYPES
-from instructpart_metric import StreamingScorer
-from pisa_model import report
+from instructpart_dataset.schema import CONFIGS, INSTRUCTION_TYPES, LABEL_COLUMNS
+from instructpart_metric import StreamingScorer, report
+from instructpart_metric.cli import main as metric_main
 
 THRESHOLDS = [Fraction(k, 20) for k in range(10, 20)]  # 0.50, 0.55, ..., 0.95, exactly
 
@@ -165,7 +165,7 @@ def test_breakdowns_and_examples_equal_a_naive_loop(scored, written):
     for model in MODELS:
         for config, types in CONFIGS.items():
             rows = [(p, t, row) for kind in types for p, t, row in pairs[model][kind]]
-            for name in report.BREAKDOWNS:
+            for name in LABEL_COLUMNS:
                 values = {row[name] for _, _, row in rows}
                 for value in values:
                     chosen = [(p, t) for p, t, row in rows if row[name] == value]
@@ -206,7 +206,7 @@ def test_cli_scores_folders_like_the_scorer(scored, release_dir, tmp_path):
     _, predictions, pairs, _ = scored
     out = tmp_path / "cli"
     argv = ["--data-dir", release_dir, "--out", str(out)] + [f"--predictions={m}={p}" for m, p in predictions.items()]
-    assert report.main(argv) == 0
+    assert metric_main(["report", *argv]) == 0
     with open(out / "report.json") as f:
         numbers = json.load(f)["models"]
     for model in MODELS:
@@ -224,7 +224,7 @@ def test_cli_missing_prediction_is_a_one_line_error(scored, release_dir, tmp_pat
     victim = sorted((broken / "gpt4").iterdir())[0]
     victim.unlink()
     out = tmp_path / "out"
-    assert report.main(["--data-dir", release_dir, "--out", str(out), "--predictions", f"m={broken}"]) == 2
+    assert metric_main(["report", "--data-dir", release_dir, "--out", str(out), "--predictions", f"m={broken}"]) == 1
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and str(victim) in error and "missing" in error
     assert not (out / "report.html").exists()
@@ -236,7 +236,8 @@ def test_wrong_size_prediction_names_the_file(scored, release_dir, tmp_path, cap
     shutil.copytree(predictions["full"], broken)
     victim = sorted((broken / "human").iterdir())[0]
     Image.new("L", (5, 7), 255).save(victim)
-    assert report.main(["--data-dir", release_dir, "--out", str(tmp_path / "o"), "--predictions", f"m={broken}"]) == 2
+    argv = ["report", "--data-dir", release_dir, "--out", str(tmp_path / "o"), "--predictions", f"m={broken}"]
+    assert metric_main(argv) == 1
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and str(victim) in error and "5x7" in error
 
@@ -298,7 +299,7 @@ def render_probe(html_path: str) -> dict:
 def test_page_renders_every_image_and_the_table_in_chromium(written):
     seen = render_probe(written)
     # 4 bar charts + per model and config: best, median, worst x (image, truth, prediction)
-    assert len(seen["images"]) == len(report.BREAKDOWNS) + len(MODELS) * len(CONFIGS) * 3 * 3
+    assert len(seen["images"]) == len(LABEL_COLUMNS) + len(MODELS) * len(CONFIGS) * 3 * 3
     broken = [alt for complete, width, height, alt in seen["images"] if not (complete and width > 0 and height > 0)]
     assert not broken, f"broken images: {broken}"
     assert seen["tableHeight"] > 100

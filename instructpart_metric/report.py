@@ -1,12 +1,12 @@
 """The HTML report: paper-style tables, the ORPS − TRPS reasoning gap, gIoU per category, example overlays.
 
-    from pisa_model.report import write_report
+    from instructpart_metric.report import write_report
     html_path = write_report("out/report", {"PISA": scorer, ...}, {"PISA": "out/predictions/PISA", ...},
                              [trps_test, orps_test])
 
-or from the command line, scoring prediction folders first:
+or from the command line, scoring prediction folders first (with `score_predictions`):
 
-    python -m pisa_model.report --data-dir RELEASE_OR_HUB --split test \\
+    python -m instructpart_metric report --data-dir RELEASE_OR_HUB --split test \\
         --predictions full-image=out/predictions/full-image --predictions PISA=out/predictions/PISA --out out/report
 
 Writes `<out>/report.html` (one self-contained page: styles inline, every picture a PNG data URI)
@@ -15,23 +15,29 @@ and `<out>/report.json` (the numbers on the page, fractions in [0, 1]).
 
 import argparse
 import os
-import sys
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from instructpart_dataset.files import write_json_atomic, write_text_atomic
-from instructpart_dataset.schema import CONFIGS, INSTRUCTION_TYPES
-from instructpart_metric import METRIC_KEYS, StreamingScorer, format_table
-from instructpart_metric.cli import read_mask_png
+from instructpart_dataset.schema import (
+    CONFIG_OF_TYPE,
+    CONFIGS,
+    INSTRUCTION_TYPES,
+    LABEL_COLUMNS,
+    SPLITS,
+    parse_sample_key,
+    sample_key,
+)
 
 from . import report_html as html
+from .core import METRIC_KEYS, StreamingScorer
+from .predictions import read_prediction, score_predictions
 from .report_figures import bar_chart_png, model_colour, overlay_pngs
+from .tables import format_table
 
-BREAKDOWNS = ("object", "part", "affordance", "action")
 EXAMPLE_RANKS = ("best", "median", "worst")
 CONFIG_TITLES = {"trps": "TRPS (task reasoning)", "orps": "ORPS (oracle referring)"}
-CONFIG_OF_TYPE = {t: config for config, types in CONFIGS.items() for t in types}
 
 
 class RowIndex:
@@ -45,13 +51,13 @@ class RowIndex:
         self._where = {}
         self._labels = {}
         for d, dataset in enumerate(self._datasets):
-            columns = dataset.select_columns(["id", "instruction_type", "instruction", *BREAKDOWNS]).to_dict()
+            columns = dataset.select_columns(["id", "instruction_type", "instruction", *LABEL_COLUMNS]).to_dict()
             for r, (sample, kind) in enumerate(zip(columns["id"], columns["instruction_type"])):
                 self._where[(kind, sample)] = (d, r)
                 self._labels[(kind, sample)] = {
                     "instruction_type": kind,
                     "instruction": columns["instruction"][r],
-                    **{name: columns[name][r] for name in BREAKDOWNS},
+                    **{name: columns[name][r] for name in LABEL_COLUMNS},
                 }
 
     def __contains__(self, ref) -> bool:
@@ -71,32 +77,11 @@ class RowIndex:
         return self._datasets[d][r]
 
 
-def read_prediction(predictions_dir: str, instruction_type: str, sample: str, shape=None) -> np.ndarray:
-    """`<predictions_dir>/<instruction_type>/<sample>.png` as a bool mask, read as the scoring CLI reads it."""
-    path = os.path.join(predictions_dir, instruction_type, sample + ".png")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: prediction missing")
-    mask = read_mask_png(path, path) != 0
-    if shape is not None and mask.shape != tuple(shape):
-        raise ValueError(f"{path}: prediction is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
-    return mask
-
-
-def _sample_ref(sample: dict) -> tuple:
-    """(instruction_type, id) of one `StreamingScorer.samples()` record."""
-    kind = sample["labels"].get("instruction_type")
-    key = str(sample["key"])
-    if kind is None:
-        raise ValueError(f"scored sample {key!r} has no instruction_type label")
-    prefix = kind + "/"
-    return kind, key[len(prefix) :] if key.startswith(prefix) else key
-
-
 def _relabelled(scorer: StreamingScorer, rows: RowIndex, model: str) -> list:
     """The scorer's samples with the dataset's labels (config, type, object, part, affordance, action)."""
     samples = []
     for sample in scorer.samples():
-        ref = _sample_ref(sample)
+        ref = parse_sample_key(sample["key"])
         if ref not in rows:
             raise ValueError(f"model {model!r}: scored sample {ref[1]!r} ({ref[0]}) is not in the dataset")
         labels = {k: v for k, v in rows.labels(ref).items() if k != "instruction"}
@@ -110,7 +95,9 @@ def _relabelled(scorer: StreamingScorer, rows: RowIndex, model: str) -> list:
 def _scorer_of(samples) -> StreamingScorer:
     scorer = StreamingScorer()
     for sample in samples:
-        scorer.add_counts(sample["intersection"], sample["union"], labels=sample["labels"], key="/".join(sample["ref"]))
+        scorer.add_counts(
+            sample["intersection"], sample["union"], labels=sample["labels"], key=sample_key(*sample["ref"])
+        )
     return scorer
 
 
@@ -138,7 +125,7 @@ def summarise(scorer: StreamingScorer, rows: RowIndex, model: str) -> dict:
         summary["by_config"][config] = _plain(config_scorer.compute(), len(config_scorer))
         summary["breakdown"][config] = {
             name: {value: float(m["gIoU"]) for value, m in config_scorer.compute(by=name).items()}
-            for name in BREAKDOWNS
+            for name in LABEL_COLUMNS
         }
         ranked = sorted(chosen, key=lambda s: (s["iou"], INSTRUCTION_TYPES.index(s["ref"][0]), s["ref"][1]))
         picks = {"best": ranked[-1], "median": ranked[len(ranked) // 2], "worst": ranked[0]}
@@ -291,7 +278,7 @@ def _charts_section(summaries: dict, rows: RowIndex, figures_dir: str | None) ->
     models = list(summaries)
     configs = [c for c in CONFIGS if any(c in s["breakdown"] for s in summaries.values())]
     blocks = []
-    for name in BREAKDOWNS:
+    for name in LABEL_COLUMNS:
         entries = {}
         for kind, sample in rows:
             entries.setdefault(rows.labels((kind, sample))[name], set()).add(sample)
@@ -365,8 +352,9 @@ def write_report(
 ) -> str:
     """Write `report.html` and `report.json` into `output_dir`; return the path of the page.
 
-    scorers: model name -> `StreamingScorer` whose samples carry the `instruction_type` label and the
-        sample id as key (optionally prefixed `<instruction_type>/`); the other labels come from `datasets`.
+    scorers: model name -> `StreamingScorer` whose samples are keyed `<instruction_type>/<id>`
+        (`instructpart_dataset.schema.sample_key`, as `score_predictions` and `pisa_model.evaluate` key them);
+        the labels come from `datasets`.
     predictions: model name -> folder of `<instruction_type>/<id>.png` (the example overlays read them).
     datasets: the scored rows (one `load_instructpart` dataset per config), for images, masks, instructions.
     save_figures: also write each bar chart as `giou_per_<category>.png` beside the page.
@@ -399,26 +387,9 @@ def write_report(
     return html_path
 
 
-def score_folder(predictions_dir: str, datasets, rows: RowIndex | None = None) -> StreamingScorer:
-    """Score `<predictions_dir>/<instruction_type>/<id>.png` against every row of `datasets`."""
-    scorer = StreamingScorer()
-    for dataset in datasets:
-        for row in tqdm(dataset, desc=f"scoring {os.path.basename(predictions_dir.rstrip('/'))}", leave=False):
-            truth = np.asarray(row["mask"], dtype=bool)
-            prediction = read_prediction(predictions_dir, row["instruction_type"], row["id"], shape=truth.shape)
-            scorer.add(
-                prediction,
-                truth,
-                labels={"instruction_type": row["instruction_type"], **{k: row[k] for k in BREAKDOWNS}},
-                key=f"{row['instruction_type']}/{row['id']}",
-            )
-    return scorer
-
-
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m pisa_model.report", description=__doc__.split("\n")[0])
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True, help="a release folder or an exported Hub dataset folder")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help=f"one of {', '.join(SPLITS)}")
     parser.add_argument(
         "--predictions",
         action="append",
@@ -428,38 +399,25 @@ def _parse_args(argv):
     )
     parser.add_argument("--out", required=True, help="folder for report.html and report.json")
     parser.add_argument("--title", default="InstructPart results")
-    return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = _parse_args(argv)
-    try:
-        from instructpart_dataset import load_instructpart
+def run_report(args: argparse.Namespace) -> str:
+    """`python -m instructpart_metric report`: score each folder on both configs, write the page; its path."""
+    from instructpart_dataset import load_instructpart
 
-        predictions = {}
-        for item in args.predictions:
-            name, sep, folder = item.partition("=")
-            if not sep or not name or not folder:
-                raise ValueError(f"--predictions {item!r}: expected NAME=DIR")
-            if not os.path.isdir(folder):
-                raise FileNotFoundError(f"{folder}: predictions folder not found")
-            predictions[name] = folder
-        datasets = [load_instructpart(args.data_dir, config=c, split=args.split) for c in CONFIGS]
-        scorers = {name: score_folder(folder, datasets) for name, folder in predictions.items()}
-        path = write_report(
-            args.out,
-            scorers,
-            predictions,
-            datasets,
-            title=args.title,
-            subtitle=f"{args.data_dir} · split {args.split}",
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"report written to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    predictions = {}
+    for item in args.predictions:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--predictions {item!r}: expected NAME=DIR")
+        predictions[name] = folder
+    datasets = [load_instructpart(args.data_dir, config=c, split=args.split) for c in CONFIGS]
+    scorers = {name: score_predictions(folder, datasets).scorer for name, folder in predictions.items()}
+    return write_report(
+        args.out,
+        scorers,
+        predictions,
+        datasets,
+        title=args.title,
+        subtitle=f"{args.data_dir} · split {args.split}",
+    )
