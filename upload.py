@@ -2,7 +2,7 @@
 
     python upload.py dataset --data-dir RELEASE --repo-id ORG/instructpart [--dry-run]
     python upload.py metric  --repo-id ORG/instructpart [--dry-run]
-    python upload.py model   --checkpoint DIR --repo-id ORG/pisa-7b [--results trps.json --results orps.json]
+    python upload.py model   --checkpoint DIR --repo-id ORG/pisa-7b [--results results.json] [--compare-published]
                              [--space ORG/pisa-7b-demo] [--dry-run]
     common options: --stage DIR  --private  --revision BRANCH
 
@@ -247,6 +247,7 @@ def stage_model(
     dataset_id=None,
     base_models=None,
     license="apache-2.0",
+    compare_published=False,
 ) -> None:
     from pisa_model.model_card import write_model_card
 
@@ -274,6 +275,7 @@ def stage_model(
         base_models=base_models,
         license=license,
         widget_examples=_example_image(stage),
+        compare_published=compare_published,
     )
 
 
@@ -449,6 +451,7 @@ def cmd_model(args) -> None:
         dataset_id=args.dataset_id,
         base_models=args.base_model,
         license=args.license,
+        compare_published=args.compare_published,
     )
     verify_model(args.checkpoint, stage)
     _publish(args, stage, "model", f"PISA checkpoint {os.path.basename(os.path.abspath(args.checkpoint))}")
@@ -487,6 +490,11 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         help="results.json of `pisa_model.evaluate` (TRPS and/or ORPS) for the card's model-index",
+    )
+    model.add_argument(
+        "--compare-published",
+        action="store_true",
+        help="the card's evaluation section shows the paper's published methods beside the results, ranked",
     )
     model.add_argument("--space", metavar="ORG/NAME", help="also stage and push a Gradio demo Space")
     model.add_argument("--dataset-id", help="the dataset repo the results refer to (default ORG/instructpart)")

@@ -241,7 +241,7 @@ def run_cli(args, pool, workdir):
     # equal the core's on the same pairs.
     cli(json_path=os.path.join(workdir, "cli.json"))
     with open(os.path.join(workdir, "cli.json")) as f:
-        cli_overall = json.load(f)["overall"]
+        cli_overall = json.load(f)["configs"]["trps"]["all"]
     scorer = StreamingScorer()
     for flip in (False, True):
         for index in range(len(sample_ids)):

@@ -3,7 +3,9 @@
 The core (`core.py`, `tables.py`) is pure numpy; `instructpart_metric.py` wraps it as an `evaluate` module
 (`evaluate.load("path/to/instructpart_metric")`); `score_predictions` (`predictions.py`) scores a folder of
 predicted PNGs against the benchmark, for `python -m instructpart_metric score` and `... report` (the HTML
-report, `report.py`). Definitions and conventions: README.md here.
+report, `report.py`). `published_results()` is the paper's published table (`paper.py`, package data), and
+every results file says where its numbers came from (`results.py`, `provenance.py`). Definitions and
+conventions: README.md here.
 
 `import instructpart_metric` loads the core only: the names that need `datasets` are imported on first use.
 """
@@ -23,7 +25,10 @@ from .tables import format_table, results_dict
 
 _LAZY = {
     "FolderScore": "predictions",
+    "paper_row": "paper",
     "prediction_path": "predictions",
+    "published_results": "paper",
+    "rank_against_published": "paper",
     "read_mask_png": "predictions",
     "read_prediction": "predictions",
     "save_prediction": "predictions",

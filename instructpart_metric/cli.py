@@ -1,65 +1,102 @@
 """`python -m instructpart_metric score|report`: score prediction folders against InstructPart.
 
-    python -m instructpart_metric score --predictions PRED --data-dir DATA --config trps --split test \
-        [--json OUT] [--by object|part|affordance|action] [--missing-as-empty] [--num-workers N]
+    python -m instructpart_metric score --predictions PRED --data-dir DATA --config trps,orps --split test \
+        [--orps-form question|name] [--compare-published] [--json OUT [--overwrite]] \
+        [--by object|part|affordance|action] [--missing-as-empty] [--num-workers N]
     python -m instructpart_metric report --data-dir DATA --predictions NAME=PRED [--predictions ...] --out DIR
 
 PRED holds `PRED/<instruction_type>/<id>.png` (PNG, non-zero = foreground) at the size of the
 ground-truth mask; DATA is a release folder or an exported Hub folder (read by
-`load_instructpart`). `score` prints the paper-style table (one row per instruction type, columns
-gIoU, cIoU, P@50:95, P@50 in percent) and the breakdown asked for; `--json` writes the same numbers.
+`load_instructpart`). `score` prints per task a table (one row per instruction type and the combined
+row, columns gIoU, cIoU, P@50:95, P@50 in percent), the breakdown asked for, and the paper's layout
+(`paper.py`; among the published methods with `--compare-published`); `--json` writes the results file
+of `results.py`, with its provenance.
 `report` writes the HTML report of several models (`report.py`). Both score through
 `score_predictions` (`predictions.py`).
 """
 
 import argparse
+import os
 import sys
 
 from instructpart_dataset.schema import CONFIGS, DEFAULT_CONFIG, LABEL_COLUMNS, SPLITS
 
 from .predictions import MissingPredictionError, default_workers, score_predictions
-from .tables import format_table, results_dict
 
 PROG = "python -m instructpart_metric"
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, default_config: str = DEFAULT_CONFIG) -> None:
+    """The options the score, report and evaluate commands share: configs, ORPS form, comparison, overwrite."""
+    from .paper import DEFAULT_ORPS_FORM, ORPS_FORMS
+
+    # A string, checked by results.parse_configs when the command runs (one-line errors, like other inputs).
+    parser.add_argument(
+        "--config",
+        default=default_config,
+        metavar="CONFIGS",
+        help=f"one or more of {', '.join(CONFIGS)}, comma-separated (e.g. trps,orps; default {default_config})",
+    )
+    parser.add_argument(
+        "--orps-form",
+        choices=ORPS_FORMS,
+        default=DEFAULT_ORPS_FORM,
+        help="ORPS columns of the paper table from the part question (variants 2/3) or the part name (4/5)",
+    )
+    parser.add_argument(
+        "--compare-published", action="store_true", help="print the paper's table with yours inserted and ranked"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the results file of an earlier run")
+
+
 def score(args: argparse.Namespace) -> int:
+    from instructpart_dataset import load_instructpart
+
+    from .provenance import command_line, dataset_identity, provenance
+    from .results import build_results, check_not_overwriting, format_results, parse_configs, write_results
+
+    configs = parse_configs(args.config)
     if args.num_workers < 1:
         raise ValueError(f"--num-workers must be at least 1, got {args.num_workers}")
+    if args.json:
+        check_not_overwriting(args.json, args.overwrite, what="--json")
+    datasets = {
+        config: load_instructpart(args.data_dir, config, args.split, cache_dir=args.cache_dir) for config in configs
+    }
     try:
         scored = score_predictions(
             args.predictions,
-            args.data_dir,
-            config=args.config,
-            split=args.split,
+            list(datasets.values()),
             missing_as_empty=args.missing_as_empty,
             num_workers=args.num_workers,
-            cache_dir=args.cache_dir,
         )
     except MissingPredictionError as error:
         raise FileNotFoundError(f"{error}; pass --missing-as-empty to score missing files as empty masks") from None
     scorer, missing = scored.scorer, scored.missing
-    results = results_dict(scorer, rows_by="instruction_type", breakdown=args.by)
-
-    print(f"InstructPart {args.config} {args.split}: {len(scorer)} predictions of {scored.entries} entries")
-    print(format_table(results["by"]["instruction_type"], row_header="instruction_type"))
-    if args.by:
-        print()
-        print(format_table(results["by"][args.by], row_header=args.by))
+    breakdowns = (args.by,) if args.by else ()
+    results = build_results(
+        scorer,
+        configs,
+        orps_form=args.orps_form,
+        breakdowns=breakdowns,
+        compare_published=args.compare_published,
+        extra={"missing_as_empty": len(missing)},
+        provenance=provenance(
+            command_line(PROG, args.argv),
+            args.orps_form,
+            dataset_identity(args.data_dir, args.split, datasets),
+            predictions=args.predictions,
+        ),
+    )
+    print(f"InstructPart {','.join(configs)} {args.split}: {len(scorer)} predictions of {scored.entries} entries")
+    # A folder the evaluate command wrote is OUT/predictions: name the row after OUT.
+    folder = os.path.normpath(os.path.abspath(args.predictions))
+    name = os.path.basename(os.path.dirname(folder) if os.path.basename(folder) == "predictions" else folder)
+    print(format_results(results, name, breakdowns=breakdowns, compare_published=args.compare_published))
     if missing:
         print(f"{len(missing)} missing prediction files counted as empty masks")
     if args.json:
-        payload = {
-            "config": args.config,
-            "split": args.split,
-            "data_dir": args.data_dir,
-            "predictions": args.predictions,
-            "missing_as_empty": len(missing),
-            **results,
-        }
-        from instructpart_dataset.files import write_json_atomic
-
-        write_json_atomic(args.json, payload)
+        write_results(args.json, results, args.overwrite)
         print(f"wrote {args.json}")
     return 0
 
@@ -82,10 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--predictions", required=True, metavar="PRED", help="folder of <instruction_type>/<id>.png")
     command.add_argument("--data-dir", required=True, metavar="DATA", help="release folder or exported Hub folder")
-    # Checked by load_instructpart, the one place that knows the configs and splits.
-    command.add_argument("--config", default=DEFAULT_CONFIG, help=f"one of {', '.join(CONFIGS)}")
+    add_run_arguments(command)
+    # Checked by load_instructpart, the one place that knows the splits.
     command.add_argument("--split", default="test", help=f"one of {', '.join(SPLITS)}")
-    command.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
+    command.add_argument("--json", metavar="OUT", help="also write the results file (results.json layout) here")
     command.add_argument("--by", choices=LABEL_COLUMNS, help="add a table broken down by this label")
     command.add_argument(
         "--missing-as-empty", action="store_true", help="score missing prediction files as empty masks"
@@ -109,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as the command line
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 1

@@ -32,9 +32,23 @@ from instructpart_dataset.schema import (
 
 from . import report_html as html
 from .core import METRIC_KEYS, StreamingScorer
+from .paper import (
+    COLUMN_GROUPS,
+    DEFAULT_ORPS_FORM,
+    ORPS_FORMS,
+    PAPER_COLUMNS,
+    PUBLISHED_SOURCE,
+    check_orps_form,
+    orps_form_note,
+    paper_row,
+    printed,
+    published_results,
+    rank_against_published,
+)
 from .predictions import read_prediction, score_predictions
-from .report_figures import bar_chart_png, model_colour, overlay_pngs
-from .tables import format_table
+from .provenance import command_line, dataset_identity, evaluated_by, format_provenance, provenance
+from .report_figures import bar_chart_png, model_colour, overlay_pngs, published_chart_png
+from .tables import combined_label, format_table
 
 EXAMPLE_RANKS = ("best", "median", "worst")
 CONFIG_TITLES = {"trps": "TRPS (task reasoning)", "orps": "ORPS (oracle referring)"}
@@ -105,8 +119,9 @@ def _plain(metrics: dict, count: int) -> dict:
     return {**{key: float(metrics[key]) for key in METRIC_KEYS}, "num_samples": int(count)}
 
 
-def summarise(scorer: StreamingScorer, rows: RowIndex, model: str) -> dict:
-    """The numbers of one model: per instruction type, per config, the gap, per category, example refs."""
+def summarise(scorer: StreamingScorer, rows: RowIndex, model: str, orps_form: str = DEFAULT_ORPS_FORM) -> dict:
+    """The numbers of one model: per instruction type, per config, the paper row (`paper.py`), the gap, per
+    category, example refs."""
     samples = _relabelled(scorer, rows, model)
     everything = _scorer_of(samples)
     by_type = everything.compute(by="instruction_type")
@@ -138,6 +153,7 @@ def summarise(scorer: StreamingScorer, rows: RowIndex, model: str) -> dict:
         summary["reasoning_gap"] = {key: orps[key] - trps[key] for key in METRIC_KEYS}
     else:
         summary["reasoning_gap"] = None
+    summary["paper"] = paper_row(summary["by_instruction_type"], orps_form)
     return summary
 
 
@@ -146,7 +162,7 @@ def console_tables(summaries: dict) -> str:
     blocks = []
     for model, summary in summaries.items():
         rows = dict(summary["by_instruction_type"])
-        rows.update({config.upper(): metrics for config, metrics in summary["by_config"].items()})
+        rows.update({combined_label(config): metrics for config, metrics in summary["by_config"].items()})
         blocks.append(f"== {model} ==\n" + format_table(rows, row_header="instruction_type"))
         gap = summary["reasoning_gap"]
         if gap:
@@ -181,37 +197,72 @@ def _headline_section(summaries: dict) -> str:
     )
 
 
-def _paper_table_section(summaries: dict) -> str:
-    """One row per model, TRPS and ORPS column groups: the layout of the paper's main table."""
-    configs = [c for c in CONFIGS if any(c in s["by_config"] for s in summaries.values())]
+def _paper_table_section(summaries: dict, orps_form: str) -> str:
+    """The paper's main table: its published methods (grey, as printed), your models inserted with their
+    rank in each column, and the printed Average row; four column groups x gIoU, cIoU, P@50:95, P@50."""
+    published = published_results(include_average=False)
+    ours = {model: summary["paper"] for model, summary in summaries.items()}
+    ranks = rank_against_published(ours)
     best = {}
-    for config in configs:
-        found = [s["by_config"][config] for s in summaries.values() if config in s["by_config"]]
-        if len(found) > 1:
-            best[config] = {k: max(m[k] for m in found) for k in METRIC_KEYS if len({m[k] for m in found}) > 1}
-    groups = "".join(f'<th colspan="{len(METRIC_KEYS)}" class="group">{config.upper()}</th>' for config in configs)
+    for column in PAPER_COLUMNS:
+        values = [row[column] for row in published] + [
+            printed(r[column]) for r in ours.values() if r[column] is not None
+        ]
+        best[column] = max(values)
+    groups = "".join(
+        f'<th colspan="{len(METRIC_KEYS)}" class="group">{html.escape(g.title)}</th>' for g in COLUMN_GROUPS
+    )
     metrics = "".join(
         f"<th{' class=group-start' if k == 0 else ''}>{html.escape(key)}</th>"
-        for _ in configs
+        for _ in COLUMN_GROUPS
         for k, key in enumerate(html.METRIC_COLUMNS)
     )
     rows = []
+    for row in published:
+        rows.append(
+            f'<tr class="published" data-model="{html.escape(row["method"])}" data-row="published">'
+            f'<td class="text">{html.escape(row["method"])}</td><td class="text family">{html.escape(row["family"])}</td>'
+            + html.published_cells(row, best)
+            + "</tr>"
+        )
     for m, (model, summary) in enumerate(summaries.items()):
         cells = "".join(
-            html.metric_cells(summary["by_config"].get(config, {}), best.get(config), config=config)
-            for config in configs
+            html.metric_cells(
+                {key: summary["paper"][f"{group.key}_{key}"] for key in METRIC_KEYS},
+                config=group.key,
+                ranks={key: ranks.get(model, {}).get(f"{group.key}_{key}") for key in METRIC_KEYS},
+                best_printed={key: best[f"{group.key}_{key}"] for key in METRIC_KEYS},
+            )
+            for group in COLUMN_GROUPS
         )
         rows.append(
-            f'<tr data-model="{html.escape(model)}" data-row="paper"><td class="text" style="--chip:{model_colour(m)}">'
-            f'<span class="chip"></span>{html.escape(model)}</td>{cells}</tr>'
+            f'<tr class="yours" data-model="{html.escape(model)}" data-row="paper"><td class="text" style="--chip:{model_colour(m)}">'
+            f'<span class="chip"></span>{html.escape(model)}</td><td class="text family">yours</td>{cells}</tr>'
         )
-    return (
-        '<section id="paper"><h2>Main results</h2>'
-        '<p class="lead">TRPS: task instructions (human, GPT-4); ORPS: the part named (four phrasings). '
-        "Percentages; the best model per column is in green.</p>"
-        f'<table id="paper-table" class="wide"><thead><tr><th rowspan="2" class="text">Model</th>{groups}</tr>'
-        f"<tr>{metrics}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    average = published_results()[-1]
+    rows.append(
+        '<tr class="published average" data-model="Average" data-row="published-average">'
+        '<td class="text">Average (as printed)</td><td class="text family"></td>'
+        + html.published_cells(average)
+        + "</tr>"
     )
+    return (
+        '<section id="paper"><h2>Main results, as in the paper</h2>'
+        '<p class="lead">The paper\'s table (grey: its 10 zero-shot methods on the 600-entry test split, as printed) with '
+        "your models inserted; percentages. Beside each of your numbers: its rank among the published methods and your "
+        "models (ties share a rank). The best value per column is in green.</p>"
+        f'<table id="paper-table" class="wide"><thead><tr><th rowspan="2" class="text">Method</th>'
+        f'<th rowspan="2" class="text">Family</th>{groups}</tr>'
+        f"<tr>{metrics}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f'<p class="note">{html.escape(orps_form_note(orps_form))}. Published: {html.escape(PUBLISHED_SOURCE)}; '
+        "its Average row is kept as printed (it differs from the mean of the rows in four cells).</p>"
+        f"{_published_chart(summaries)}</section>"
+    )
+
+
+def _published_chart(summaries: dict) -> str:
+    png = published_chart_png({model: summary["paper"] for model, summary in summaries.items()}, list(summaries))
+    return f'<div class="figure"><img id="chart-published" alt="gIoU against the published methods" src="{html.data_uri(png)}"></div>'
 
 
 def _results_table_section(summaries: dict) -> str:
@@ -245,7 +296,7 @@ def _results_table_section(summaries: dict) -> str:
             if config in summary["by_config"]:
                 body.append(
                     f'<tr class="subtotal" data-model="{html.escape(model)}" data-row="{config}"><td class="text"></td>'
-                    f'<td class="text">{config.upper()} (all)</td>'
+                    f'<td class="text">{combined_label(config)}</td>'
                     f"{html.metric_cells(summary['by_config'][config], best_config[config], with_count=True)}</tr>"
                 )
     return (
@@ -349,6 +400,8 @@ def write_report(
     subtitle: str = "",
     example_size: int = 280,
     save_figures: bool = False,
+    orps_form: str = DEFAULT_ORPS_FORM,
+    provenance: dict | None = None,
 ) -> str:
     """Write `report.html` and `report.json` into `output_dir`; return the path of the page.
 
@@ -358,6 +411,8 @@ def write_report(
     predictions: model name -> folder of `<instruction_type>/<id>.png` (the example overlays read them).
     datasets: the scored rows (one `load_instructpart` dataset per config), for images, masks, instructions.
     save_figures: also write each bar chart as `giou_per_<category>.png` beside the page.
+    orps_form: the instruction types of the paper table's ORPS columns (`paper.py`), recorded in report.json.
+    provenance: where the numbers came from (`provenance.provenance`), printed in the footer and kept in report.json.
     """
     if not scorers:
         raise ValueError("no models to report")
@@ -365,12 +420,13 @@ def write_report(
     if missing:
         raise ValueError(f"no predictions folder for model(s) {', '.join(map(repr, missing))}")
     rows = RowIndex(datasets)
-    summaries = {model: summarise(scorer, rows, model) for model, scorer in scorers.items()}
+    check_orps_form(orps_form)
+    summaries = {model: summarise(scorer, rows, model, orps_form) for model, scorer in scorers.items()}
     os.makedirs(output_dir, exist_ok=True)
     body = "\n".join(
         [
             _headline_section(summaries),
-            _paper_table_section(summaries),
+            _paper_table_section(summaries, orps_form),
             _results_table_section(summaries),
             _gap_section(summaries),
             _charts_section(summaries, rows, output_dir if save_figures else None),
@@ -382,14 +438,26 @@ def write_report(
     counts = f"{entries} annotated parts · {len(list(rows))} instruction rows · {len(summaries)} model{plural}"
     subtitle = f"{subtitle} · {counts}" if subtitle else counts
     html_path = os.path.join(output_dir, "report.html")
-    write_json_atomic(os.path.join(output_dir, "report.json"), {"models": summaries}, indent=1)
-    write_text_atomic(html_path, html.page(title, subtitle, body))
+    numbers = {"models": summaries, "orps_form": orps_form}
+    if provenance is not None:
+        numbers["provenance"] = provenance
+    write_json_atomic(os.path.join(output_dir, "report.json"), numbers, indent=1)
+    write_text_atomic(html_path, html.page(title, subtitle, body, format_provenance(provenance)))
     return html_path
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True, help="a release folder or an exported Hub dataset folder")
     parser.add_argument("--split", default="test", help=f"one of {', '.join(SPLITS)}")
+    parser.add_argument(
+        "--config", default=",".join(CONFIGS), help="the configs the folders hold, comma-separated (default trps,orps)"
+    )
+    parser.add_argument(
+        "--orps-form",
+        choices=ORPS_FORMS,
+        default=DEFAULT_ORPS_FORM,
+        help="ORPS columns of the paper table from the part question (variants 2/3) or the part name (4/5)",
+    )
     parser.add_argument(
         "--predictions",
         action="append",
@@ -402,17 +470,34 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> str:
-    """`python -m instructpart_metric report`: score each folder on both configs, write the page; its path."""
+    """`python -m instructpart_metric report`: score each folder on the configs, write the page; its path."""
     from instructpart_dataset import load_instructpart
 
+    from .results import parse_configs
+
+    configs = parse_configs(args.config)
     predictions = {}
     for item in args.predictions:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
             raise ValueError(f"--predictions {item!r}: expected NAME=DIR")
         predictions[name] = folder
-    datasets = [load_instructpart(args.data_dir, config=c, split=args.split) for c in CONFIGS]
-    scorers = {name: score_predictions(folder, datasets).scorer for name, folder in predictions.items()}
+    by_config = {c: load_instructpart(args.data_dir, config=c, split=args.split) for c in configs}
+    datasets = list(by_config.values())
+    scorers = {}
+    for name, folder in predictions.items():
+        try:
+            scorers[name] = score_predictions(folder, datasets).scorer
+        except FileNotFoundError as error:
+            hint = f" (scoring {','.join(configs)}; pass --config for the configs the folder holds)"
+            raise FileNotFoundError(f"{error}{hint if len(configs) > 1 else ''}") from None
+    record = provenance(
+        command_line("python -m instructpart_metric", getattr(args, "argv", None)),
+        args.orps_form,
+        dataset_identity(args.data_dir, args.split, by_config),
+        predictions=predictions,
+        evaluated={name: found for name, folder in predictions.items() if (found := evaluated_by(folder))},
+    )
     return write_report(
         args.out,
         scorers,
@@ -420,4 +505,6 @@ def run_report(args: argparse.Namespace) -> str:
         datasets,
         title=args.title,
         subtitle=f"{args.data_dir} · split {args.split}",
+        orps_form=args.orps_form,
+        provenance=record,
     )

@@ -126,3 +126,69 @@ def overlay_pngs(image: Image.Image, truth: np.ndarray, prediction: np.ndarray, 
         _png_bytes(Image.fromarray(np.clip(p, 0, 255).astype(np.uint8), "RGB"))
         for p in (picture, truth_panel, prediction_panel)
     )
+
+
+PUBLISHED_COLOUR = "#c3c8cf"
+
+
+def published_chart_png(models: dict, model_names: list, metric: str = "gIoU") -> bytes:
+    """One panel per column group of the paper's table: `metric` of each published method (grey) and of
+    each of your models (its colour, labelled), best on top, values written at the bar ends.
+
+    `models` maps a model name to its `paper.paper_row` (fractions); a model without the group is left out.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .paper import COLUMN_GROUPS, printed, published_results
+
+    published = published_results(include_average=False)
+    fig, axes = plt.subplots(
+        1, len(COLUMN_GROUPS), figsize=(15, 0.3 * (len(published) + len(models)) + 1.6), dpi=110, layout="constrained"
+    )
+    for ax, group in zip(axes, COLUMN_GROUPS):
+        column = f"{group.key}_{metric}"
+        bars = [(row["method"], row[column], PUBLISHED_COLOUR, False) for row in published]
+        for m, name in enumerate(model_names):
+            if models[name].get(column) is not None:
+                bars.append((name, printed(models[name][column]), model_colour(m), True))
+        bars.sort(key=lambda bar: -bar[1])
+        positions = np.arange(len(bars))
+        # Yours are outlined as well as coloured: the first model colour is a grey too.
+        ax.barh(
+            positions,
+            [b[1] for b in bars],
+            color=[b[2] for b in bars],
+            edgecolor=["#1d2330" if b[3] else "none" for b in bars],
+            linewidth=1.2,
+            height=0.75,
+            zorder=2,
+        )
+        ax.set_yticks(positions)
+        ax.set_yticklabels([b[0] for b in bars], fontsize=8)
+        for tick, bar in zip(ax.get_yticklabels(), bars):
+            if bar[3]:
+                tick.set_fontweight("bold")
+        for position, bar in zip(positions, bars):
+            ax.text(bar[1] + 0.8, position, f"{bar[1]:.2f}", va="center", fontsize=7, color="#1d2330")
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(100 * 0.5, max(b[1] for b in bars) * 1.2))
+        ax.set_title(group.title, fontsize=10, fontweight="bold", loc="left")
+        ax.set_xlabel(f"{metric} (%)", fontsize=8)
+        ax.grid(axis="x", color="#e3e6ea", zorder=0)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        ax.tick_params(axis="y", length=0)
+    fig.suptitle(
+        f"{metric}: your models (coloured) among the paper's published methods (grey)",
+        x=0.01,
+        ha="left",
+        fontsize=11,
+        fontweight="bold",
+    )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

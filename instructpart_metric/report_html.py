@@ -5,6 +5,8 @@ from html import escape
 
 from instructpart_metric import METRIC_KEYS as METRIC_COLUMNS  # the paper's column order
 
+from .paper import ordinal
+
 STYLE = """
 :root { --ink:#1d2330; --muted:#5d6675; --line:#e3e6ea; --paper:#f6f7f9; --card:#fff;
         --truth:#00c878; --pred:#ff7800; --good:#0a7d4f; --bad:#b3261e; }
@@ -40,7 +42,7 @@ td.count { color:var(--muted); font-size:13px; }
 table.wide { width:100%; }
 th.group { text-align:center; border-left:2px solid var(--line); color:var(--ink); font-size:13px; }
 td.group-start, th.group-start { border-left:2px solid var(--line); }
-#paper-table td { font-size:16px; padding:10px 14px; }
+#paper-table td { font-size:15px; }
 #paper-table thead tr + tr th { text-align:right; }
 td.gap-neg { color:var(--bad); }
 td.gap-pos { color:var(--good); }
@@ -63,6 +65,15 @@ td.gap-pos { color:var(--good); }
 .legend span { display:inline-block; margin-right:16px; }
 .legend i { display:inline-block; width:12px; height:12px; border-radius:3px; vertical-align:-1px; margin-right:5px; }
 footer { color:var(--muted); font-size:12px; text-align:center; padding:24px; }
+footer .provenance { font-family:"DejaVu Sans Mono",monospace; font-size:11px; margin-top:4px; word-break:break-all; }
+#paper-table tr.published td { color:#6b7380; background:#f4f5f7; font-size:14px; }
+#paper-table tr.published td.best { color:var(--good); }
+#paper-table tr.average td { font-style:italic; border-top:2px solid var(--line); }
+#paper-table tr.yours td { font-weight:600; background:#fffbea; border-top:2px solid #e6c84f; }
+#paper-table td.family { color:var(--muted); font-size:12px; text-transform:uppercase; }
+#paper-table .rank { display:block; font-size:10px; font-weight:500; color:var(--muted); }
+#paper-table td, #paper-table th { padding:6px 8px; }
+.note { color:var(--muted); font-size:12px; margin:6px 0 14px; }
 """
 
 
@@ -74,20 +85,62 @@ def percent(value) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
-def metric_cells(metrics: dict, best: dict | None = None, with_count: bool = False, config: str | None = None) -> str:
-    """One <td> per metric (and the sample count); `data-value` keeps the exact fraction the table rounds."""
+def _is_best(value, key, best, best_printed) -> bool:
+    if value is None:
+        return False
+    if best_printed:  # against published values: compare what the table prints
+        return float(percent(value)) == best_printed.get(key)
+    return bool(best) and value == best.get(key)
+
+
+def metric_cells(
+    metrics: dict,
+    best: dict | None = None,
+    with_count: bool = False,
+    config: str | None = None,
+    ranks: dict | None = None,
+    best_printed: dict | None = None,
+) -> str:
+    """One <td> per metric (and the sample count); `data-value` keeps the exact fraction the table rounds.
+
+    `config` tags the cells (and starts a column group); `ranks` adds "3rd/11" badges (`paper.rank_against_published`);
+    `best_printed` marks the best cells by their printed percentage (when the best may be a published value)."""
     cells = []
     scope = f' data-config="{escape(config)}"' if config else ""
     for k, key in enumerate(METRIC_COLUMNS):
         value = metrics.get(key) if metrics else None
-        classes = (["best"] if best and value is not None and value == best.get(key) else []) + (
+        classes = (["best"] if _is_best(value, key, best, best_printed) else []) + (
             ["group-start"] if config and k == 0 else []
         )
         css = f' class="{" ".join(classes)}"' if classes else ""
         exact = "" if value is None else f' data-value="{value!r}"'
-        cells.append(f'<td data-metric="{escape(key)}"{scope}{exact}{css}>{percent(value)}</td>')
+        found = (ranks or {}).get(key)
+        badge = ""
+        if found:
+            tie = f" (tied with {', '.join(found['tied_with'])})" if found["tied_with"] else ""
+            title = f"rank {ordinal(found['rank'])} of {found['of']}{tie}"
+            badge = f'<span class="rank" title="{escape(title)}">{ordinal(found["rank"])}/{found["of"]}</span>'
+        cells.append(f'<td data-metric="{escape(key)}"{scope}{exact}{css}>{percent(value)}{badge}</td>')
     if with_count:
         cells.append(f'<td class="count">{metrics.get("num_samples", "")}</td>')
+    return "".join(cells)
+
+
+def published_cells(row: dict, best: dict | None = None) -> str:
+    """The 16 cells of a published row (percentages as printed; `data-published` keeps the printed value)."""
+    from .paper import COLUMN_GROUPS
+
+    cells = []
+    for group in COLUMN_GROUPS:
+        for k, key in enumerate(METRIC_COLUMNS):
+            value = row[f"{group.key}_{key}"]
+            classes = (["best"] if best and value == best[f"{group.key}_{key}"] else []) + (
+                ["group-start"] if k == 0 else []
+            )
+            cells.append(
+                f'<td data-metric="{escape(key)}" data-group="{group.key}" data-published="{value:.2f}" '
+                f'class="{" ".join(classes)}">{value:.2f}</td>'
+            )
     return "".join(cells)
 
 
@@ -113,7 +166,7 @@ def header_cells(first: str, second: str | None = None, with_count: bool = False
     return "<tr>" + "".join(heads) + "</tr>"
 
 
-def page(title: str, subtitle: str, body: str) -> str:
+def page(title: str, subtitle: str, body: str, provenance_lines: list | None = None) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -121,6 +174,8 @@ def page(title: str, subtitle: str, body: str) -> str:
         f"<header><h1>{escape(title)}</h1><p>{escape(subtitle)}</p></header>\n"
         f"<main>\n{body}\n</main>\n"
         "<footer>Metrics: gIoU = mean per-sample IoU; cIoU = ΣI / ΣU; P@50 = share of samples with IoU ≥ 0.5; "
-        "P@50:95 = the same averaged over thresholds 0.50, 0.55, …, 0.95. All in percent.</footer>\n"
+        "P@50:95 = the same averaged over thresholds 0.50, 0.55, …, 0.95. All in percent."
+        + "".join(f'<div class="provenance">{escape(line)}</div>' for line in provenance_lines or [])
+        + "</footer>\n"
         "</body>\n</html>\n"
     )

@@ -3,6 +3,12 @@
 from .core import METRIC_KEYS, StreamingScorer
 
 
+def combined_label(config: str) -> str:
+    """The one name of a task's combined row (all its instruction types pooled), in every table and tool:
+    "TRPS (all)", "ORPS (all)"; results files keep it under `configs.<config>.all`."""
+    return f"{config.upper()} (all)"
+
+
 def format_table(rows: dict, row_header: str = "instruction_type") -> str:
     """A Markdown table, one row per entry of `rows` (`{row name: metrics dict}`), in their order.
 

@@ -18,7 +18,7 @@ the folder's name) are scored on `--split`.
 Layout of `--out`:
     release/  hub/  model/                        generated data, its export, the trained tiny PISA
     predictions/<model>/<instruction_type>/<id>.png
-    results/<model>.json                          the evaluate command's JSON, TRPS and ORPS rows together
+    results/<model>.json                          the evaluate command's results layout, TRPS and ORPS together
     report/report.html  report/report.json        the report (one self-contained page) and its numbers
 """
 
@@ -163,9 +163,12 @@ def _centre_ellipse(data_dir: str, area: float | None):
         return None
 
 
-def _evaluate(models: dict, datasets: list, out: str, batch_size: int) -> dict:
-    """Predict and score every dataset with every model: {name: merged StreamingScorer}."""
-    from instructpart_metric import results_dict
+def _evaluate(models: dict, datasets: list, out: str, batch_size: int, data: dict) -> dict:
+    """Predict and score every dataset with every model: {name: merged StreamingScorer}; each model's
+    results file (the evaluate command's layout and provenance) goes to results/<model>.json."""
+    from instructpart_metric.paper import DEFAULT_ORPS_FORM
+    from instructpart_metric.provenance import command_line, model_identity, provenance
+    from instructpart_metric.results import build_results
 
     from .adapters import load_adapter
     from .evaluate import evaluate_model
@@ -179,8 +182,18 @@ def _evaluate(models: dict, datasets: list, out: str, batch_size: int) -> dict:
             scorer, _ = evaluate_model(adapter, dataset, batch_size=batch_size, prediction_dir=folder)
             merged = scorer if merged is None else merged.merge(scorer)
         scorers[name] = merged
-        results = results_dict(merged, rows_by="instruction_type")
-        results["run"] = {"model": adapter.name, "predictions": folder}
+        results = build_results(
+            merged,
+            tuple(CONFIGS),
+            orps_form=DEFAULT_ORPS_FORM,
+            provenance=provenance(
+                command_line("python -m pisa_model.demo"),
+                DEFAULT_ORPS_FORM,
+                data,
+                model=model_identity(spec if isinstance(spec, str) else adapter.name, adapter.name),
+                predictions=folder,
+            ),
+        )
         path = os.path.join(out, "results", f"{slug(name)}.json")
         write_json_atomic(path, results)
     return scorers
@@ -198,6 +211,8 @@ def run_demo(
     """Run the demo (see the module docstring) into `out`; returns where everything went and the numbers."""
     from instructpart_dataset import load_instructpart
     from instructpart_metric import report
+    from instructpart_metric.paper import DEFAULT_ORPS_FORM
+    from instructpart_metric.provenance import command_line, dataset_identity, provenance
 
     settings = settings or DemoSettings()
     if data_dir is not None and not os.path.exists(data_dir):
@@ -234,8 +249,10 @@ def run_demo(
 
     clock = time.perf_counter()
     _step(f"4/5 predicting the {split} split with {', '.join(evaluated)}")
-    datasets = [load_instructpart(data_dir, config=config, split=split) for config in CONFIGS]
-    scorers = _evaluate(evaluated, datasets, out, settings.eval_batch_size)
+    by_config = {config: load_instructpart(data_dir, config=config, split=split) for config in CONFIGS}
+    datasets = list(by_config.values())
+    data = dataset_identity(data_dir, split, by_config)
+    scorers = _evaluate(evaluated, datasets, out, settings.eval_batch_size, data)
     result.seconds["predict"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -249,6 +266,7 @@ def run_demo(
         datasets,
         title="InstructPart · demo" if built_in else "InstructPart results",
         subtitle=f"{source} · {split} split",
+        provenance=provenance(command_line("python -m pisa_model.demo"), DEFAULT_ORPS_FORM, data),
     )
     with open(os.path.join(out, "report", "report.json")) as f:
         result.summaries = json.load(f)["models"]

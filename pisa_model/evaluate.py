@@ -1,8 +1,8 @@
 """Score any model on InstructPart, on one process or many (`accelerate launch`), with the benchmark's metric.
 
-    python -m pisa_model.evaluate --model MODEL --data-dir RELEASE --config trps --split test \\
-        [--output-dir OUT] [--save-predictions] [--batch-size 8] [--by object ...] [--limit N] \\
-        [--dtype bfloat16] [--adapter-arg NAME=VALUE ...]
+    python -m pisa_model.evaluate --model MODEL --data-dir RELEASE --config trps,orps --split test \\
+        [--output-dir OUT] [--save-predictions] [--compare-published] [--orps-form question|name] \\
+        [--overwrite] [--batch-size 8] [--by object ...] [--limit N] [--dtype bfloat16] [--adapter-arg NAME=VALUE ...]
     accelerate launch -m pisa_model.evaluate --model MODEL ...          # the same, sharded over processes
 
 MODEL is a PISA checkpoint folder or an adapter spec (`full-image`, `centre-ellipse`, `clipseg:CKPT`,
@@ -13,7 +13,9 @@ Each process takes a contiguous slice of the rows with no padding (every row is 
 whatever the number of processes), predicts in batches and scores each row into a `StreamingScorer`
 (labels instruction_type, object, part, affordance, action; key `<instruction_type>/<id>`). The scorers'
 states (counts, not masks) are gathered, so the numbers equal a single-process run's. The main process
-prints the paper-style table and writes `OUT/results.json`; with `--save-predictions`, every process
+prints the tables (per task, then the paper's layout; with `--compare-published` among the published
+methods) and writes `OUT/results.json` (`instructpart_metric.results` layout, with provenance; refused if
+an earlier run's is there, unless `--overwrite`); with `--save-predictions`, every process
 writes `OUT/predictions/<instruction_type>/<id>.png` (mode "1", non-zero = foreground: the layout
 `python -m instructpart_metric score` and the report read), and the main process writes the adapter's
 per-sample extras to `OUT/predictions/<name>.jsonl` (reason-then-ground: `phrases.jsonl`).
@@ -28,15 +30,26 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import time
 
 import numpy as np
 
-from instructpart_dataset.files import write_json_atomic, write_text_atomic
-from instructpart_dataset.schema import CONFIGS, DEFAULT_CONFIG, LABEL_COLUMNS, SCORE_LABELS, row_key, row_labels
-from instructpart_metric import StreamingScorer, format_table, results_dict
+from instructpart_dataset.files import write_text_atomic
+from instructpart_dataset.schema import LABEL_COLUMNS, SCORE_LABELS, row_key, row_labels
+from instructpart_metric import StreamingScorer
+from instructpart_metric.cli import add_run_arguments
 from instructpart_metric.predictions import save_prediction
+from instructpart_metric.provenance import command_line, dataset_identity, model_identity, provenance
+from instructpart_metric.results import (
+    RESULTS_FILE,
+    build_results,
+    check_not_overwriting,
+    format_results,
+    parse_configs,
+    write_results,
+)
 
 from .adapters import load_adapter, parse_option
 
@@ -163,29 +176,26 @@ def _parse_args(argv):
     )
     parser.add_argument("--model", required=True, help="PISA checkpoint folder or adapter spec (NAME[:CHECKPOINT])")
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub repo id")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, choices=CONFIGS)
+    add_run_arguments(parser)  # --config trps,orps, --orps-form, --compare-published, --overwrite
     parser.add_argument("--split", default="test")
     parser.add_argument("--output-dir", help="where results.json (and predictions/) go; default out/evaluate/<model>")
     parser.add_argument("--save-predictions", action="store_true", help="write predictions/<type>/<id>.png")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per predict call, per process")
     parser.add_argument("--by", nargs="+", default=[], choices=LABEL_COLUMNS, help="extra per-label breakdowns")
-    parser.add_argument("--limit", type=int, help="score only the first N rows (after config and split)")
+    parser.add_argument("--limit", type=int, help="score only the first N rows of each config (after the split)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default: float32)")
     parser.add_argument(
         "--adapter-arg", action="append", default=[], metavar="NAME=VALUE", help="adapter option; repeatable"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
-
-
-def _table(results: dict) -> str:
-    rows = dict(results["by"]["instruction_type"])
-    rows["overall"] = results["overall"]
-    return format_table(rows, row_header="instruction_type")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as the command line
+    return args
 
 
 def run(args) -> dict:
     """The command's work, for `main` (and tests): returns what results.json holds (on the main process)."""
+    import datasets
     from accelerate import Accelerator
 
     from instructpart_dataset import load_instructpart
@@ -194,52 +204,50 @@ def run(args) -> dict:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    configs = parse_configs(args.config)
     options = dict(parse_option(item) for item in args.adapter_arg)
     if args.model.strip() == "centre-ellipse" and not {"relative_area", "train_masks"} & set(options):
         options.setdefault("data_dir", args.data_dir)
     output_dir = args.output_dir or os.path.join("out", "evaluate", _slug(args.model))
+    prediction_dir = os.path.join(output_dir, "predictions") if args.save_predictions else None
+    check_not_overwriting(os.path.join(output_dir, RESULTS_FILE), args.overwrite)
+    if prediction_dir is not None:
+        check_not_overwriting(prediction_dir, args.overwrite)
 
     accelerator = Accelerator()
+    if prediction_dir is not None and accelerator.is_main_process:
+        shutil.rmtree(prediction_dir, ignore_errors=True)  # --overwrite: no file of the earlier run stays
     # Every process reads the dataset; the first prepares datasets' cache while the others wait.
+    by_config = {}
     with accelerator.main_process_first():
-        dataset = load_instructpart(args.data_dir, config=args.config, split=args.split)
-    if args.limit is not None:
-        dataset = dataset.select(range(min(args.limit, len(dataset))))
-    if len(dataset) == 0:
-        raise ValueError(f"{args.data_dir}: no {args.config} rows in the {args.split} split")
+        for config in configs:
+            dataset = load_instructpart(args.data_dir, config=config, split=args.split)
+            if args.limit is not None:
+                dataset = dataset.select(range(min(args.limit, len(dataset))))
+            if len(dataset) == 0:
+                raise ValueError(f"{args.data_dir}: no {config} rows in the {args.split} split")
+            by_config[config] = dataset
+    rows = datasets.concatenate_datasets(list(by_config.values())) if len(configs) > 1 else by_config[configs[0]]
     scorer, extras = evaluate_model(
         args.model,
-        dataset,
+        rows,
         batch_size=args.batch_size,
         accelerator=accelerator,
-        prediction_dir=os.path.join(output_dir, "predictions") if args.save_predictions else None,
+        prediction_dir=prediction_dir,
         dtype=args.dtype,
         adapter_options=options,
         progress=not args.no_progress,
     )
-    results = results_dict(scorer, rows_by="instruction_type")
-    for label in args.by:
-        results["by"].update(results_dict(scorer, rows_by=None, breakdown=label)["by"])
-    results.update(extras["summary"])
-    results["run"] = {
-        "model": extras["model"],
-        "data_dir": args.data_dir,
-        "config": args.config,
-        "split": args.split,
-        "limit": args.limit,
-        "processes": accelerator.num_processes,
-        "batch_size": args.batch_size,
-        "dtype": args.dtype or "float32",
-        "seconds": round(extras["seconds"], 3),
-        "rows_per_second": round(extras["rows_per_second"], 3),
-    }
+    results = {}
     if accelerator.is_main_process:
+        results = evaluation_results(scorer, configs, by_config, args, extras, accelerator.num_processes)
         processes = accelerator.num_processes
-        print(f"{extras['model']} on {args.config} {args.split} ({len(scorer)} rows, {processes} process(es))")
-        print(_table(results))
-        for label in args.by:
-            print()
-            print(format_table(results["by"][label], row_header=label))
+        print(f"{extras['model']} on {','.join(configs)} {args.split} ({len(scorer)} rows, {processes} process(es))")
+        print(
+            format_results(
+                results, extras["model"], breakdowns=tuple(args.by), compare_published=args.compare_published
+            )
+        )
         if "reasoning" in results:
             reasoning = results["reasoning"]["all"]
             print(
@@ -248,10 +256,34 @@ def run(args) -> dict:
                     f"{name} {100 * reasoning[name]:.2f}%" for name in ("parsed", "part", "object", "part_and_object")
                 )
             )
-        path = os.path.join(output_dir, "results.json")
-        write_json_atomic(path, results)
+        path = os.path.join(output_dir, RESULTS_FILE)
+        write_results(path, results, args.overwrite)
         print(f"wrote {path}")
     accelerator.wait_for_everyone()
+    return results
+
+
+def evaluation_results(scorer, configs: tuple, by_config: dict, args, extras: dict, processes: int) -> dict:
+    """results.json of a run (`instructpart_metric.results` layout): numbers, provenance, then execution."""
+    results = build_results(
+        scorer,
+        configs,
+        orps_form=args.orps_form,
+        breakdowns=tuple(args.by),
+        compare_published=args.compare_published,
+        extra=extras["summary"],
+        provenance=provenance(
+            command_line("python -m pisa_model.evaluate", getattr(args, "argv", None)),
+            args.orps_form,
+            dataset_identity(args.data_dir, args.split, by_config),
+            model=model_identity(args.model, extras["model"]),
+        ),
+    )
+    results["execution"] = {
+        "processes": processes,
+        "seconds": round(extras["seconds"], 3),
+        "rows_per_second": round(extras["rows_per_second"], 3),
+    }
     return results
 
 

@@ -1,12 +1,11 @@
 """The Hub model card of a PISA checkpoint: YAML metadata (with a `model-index` only from real evaluation
 results) and a body saying what the model is, how to use it, how it was trained and evaluated."""
 
-import json
 import os
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from instructpart_dataset.schema import CITATION, CONFIGS
+from instructpart_dataset.schema import CITATION
 
 METRIC_IDS = {"gIoU": "giou", "cIoU": "ciou", "P@50:95": "precision@50:95", "P@50": "precision@50"}
 
@@ -64,83 +63,74 @@ languages are untested. Scores on InstructPart's 600 test entries move by a poin
 """
 
 
-def _infer_task(results: dict, path: str) -> str:
-    """The task of a results file: what its run recorded, else what its instruction types say."""
-    recorded = results.get("run", {}).get("config")
-    if recorded in CONFIGS:
-        return recorded
-    types = set(results.get("by", {}).get("instruction_type", {}))
-    for task, names in CONFIGS.items():
-        if types and types <= set(names):
-            return task
-    raise ValueError(f"{path}: cannot tell TRPS from ORPS (instruction types {sorted(types) or 'missing'})")
-
-
 def load_results(paths: list) -> dict:
-    """`{task: results dict}` from the JSON files the evaluate command writes (`results.json`)."""
-    loaded = {}
+    """`{path: results dict}` from the files `pisa_model.evaluate` writes (`results.json`, one or both tasks each);
+    a task scored in two of them is refused."""
+    from instructpart_metric.results import load_results as load_results_file
+
+    loaded, seen = {}, {}
     for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                results = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: results file not found") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
-        if not isinstance(results, dict) or "overall" not in results:
-            raise ValueError(f"{path}: not a results file of the evaluate command (no 'overall')")
-        task = _infer_task(results, path)
-        if task in loaded:
-            raise ValueError(f"{path}: a second {task.upper()} results file")
-        loaded[task] = results
+        results = load_results_file(path)
+        for task in results["configs"]:
+            if task in seen:
+                raise ValueError(f"{path}: {task.upper()} results again (already in {seen[task]})")
+            seen[task] = path
+        loaded[path] = results
     return loaded
 
 
-def _eval_results(results_by_task: dict, dataset_id: str, split: str) -> list:
+def _eval_results(results_by_file: dict, dataset_id: str) -> list:
     entries = []
-    for task, results in results_by_task.items():
-        split_name = results.get("run", {}).get("split", split)
-        for metric, metric_id in METRIC_IDS.items():
-            entries.append(
-                EvalResult(
-                    task_type="image-segmentation",
-                    task_name=f"Part segmentation ({task.upper()})",
-                    dataset_type=dataset_id,
-                    dataset_name="InstructPart",
-                    dataset_config=task,
-                    dataset_split=split_name,
-                    metric_type=metric_id,
-                    metric_name=f"{metric} ({task.upper()})",
-                    metric_value=round(100 * results["overall"][metric], 2),
+    for results in results_by_file.values():
+        split = results.get("provenance", {}).get("dataset", {}).get("split", "test")
+        for task, block in results["configs"].items():
+            for metric, metric_id in METRIC_IDS.items():
+                entries.append(
+                    EvalResult(
+                        task_type="image-segmentation",
+                        task_name=f"Part segmentation ({task.upper()})",
+                        dataset_type=dataset_id,
+                        dataset_name="InstructPart",
+                        dataset_config=task,
+                        dataset_split=split,
+                        metric_type=metric_id,
+                        metric_name=f"{metric} ({task.upper()})",
+                        metric_value=round(100 * block["all"][metric], 2),
+                    )
                 )
-            )
     return entries
 
 
-def _evaluation_section(results_by_task: dict) -> str:
-    if not results_by_task:
+def _evaluation_section(results_by_file: dict, name: str, compare_published: bool) -> str:
+    from instructpart_metric.paper import format_paper_markdown
+    from instructpart_metric.provenance import format_provenance
+    from instructpart_metric.results import config_rows
+
+    if not results_by_file:
         return (
             "Not evaluated yet. Score it with `accelerate launch -m pisa_model.evaluate --model <this repo> "
-            "--data-dir <release> --config trps --split test` (and `--config orps`)."
+            "--data-dir <release> --config trps,orps --split test --compare-published`."
         )
-    runs = [
-        f"`{task}`/`{r.get('run', {}).get('split', 'test')}` of `{r.get('run', {}).get('data_dir', '?')}` "
-        f"({r['overall']['num_samples']} rows)"
-        for task, r in results_by_task.items()
-    ]
-    lines = [
-        "Scored by `pisa_model.evaluate` on " + ", ".join(runs) + "; percentages, columns as in the paper:",
-        "",
-        "| task | instruction type | gIoU | cIoU | P@50:95 | P@50 |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for task, results in results_by_task.items():
-        for name, metrics in results.get("by", {}).get("instruction_type", {}).items():
-            cells = " | ".join(f"{100 * metrics[k]:.2f}" for k in METRIC_IDS)
-            lines.append(f"| {task.upper()} | {name} | {cells} |")
-        cells = " | ".join(f"**{100 * results['overall'][k]:.2f}**" for k in METRIC_IDS)
-        lines.append(f"| {task.upper()} | all | {cells} |")
-    return "\n".join(lines)
+    lines = []
+    for results in results_by_file.values():
+        lines += [
+            "Scored by `pisa_model.evaluate`; percentages, columns as in the paper:",
+            "",
+            "| task | instruction type | gIoU | cIoU | P@50:95 | P@50 | N |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for task, block in results["configs"].items():
+            for row, metrics in config_rows(block, task).items():
+                cells = " | ".join(f"{100 * metrics[k]:.2f}" for k in METRIC_IDS)
+                lines.append(f"| {task.upper()} | {row} | {cells} | {metrics.get('num_samples', '')} |")
+        paper = results["paper"]
+        lines += ["", "In the layout of the paper's main table:", ""]
+        lines.append(format_paper_markdown({name: paper["columns"]}, paper["orps_form"], published=compare_published))
+        provenance = format_provenance(results.get("provenance"))
+        if provenance:
+            lines += ["", "Provenance:", ""] + [f"- `{line}`" for line in provenance]
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def _architecture_rows(config) -> str:
@@ -172,16 +162,19 @@ def render_model_card(
     space_url: str | None = None,
     training: str | None = None,
     widget_examples: list | None = None,
+    compare_published: bool = False,
 ) -> ModelCard:
     """The card of the checkpoint folder `checkpoint` published as `repo_id`.
 
     `dataset_id` is the Hub dataset the results refer to; `base_models` the parts it was built from (Hub ids, as
     given to `from_components`); `widget_examples` are `(file name in the repo, instruction)` pairs shown as the card's examples.
+    `results_files` are results.json files of `pisa_model.evaluate`; `compare_published` puts the paper's published
+    methods beside them, with ranks, in the evaluation section.
     """
     from .configuration_pisa import PisaConfig
 
     config = PisaConfig.from_pretrained(checkpoint)
-    results_by_task = load_results(results_files or [])
+    results_by_file = load_results(results_files or [])
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-segmentation",
@@ -195,7 +188,7 @@ def render_model_card(
         ]
         or None,
         model_name=repo_id.split("/")[-1],
-        eval_results=_eval_results(results_by_task, dataset_id, "test") or None,
+        eval_results=_eval_results(results_by_file, dataset_id) or None,
     )
     summary = (
         f"`{repo_id}` is a PISA checkpoint for [InstructPart](https://zifuwan.github.io/InstructPart/) "
@@ -216,7 +209,7 @@ def render_model_card(
             f"language-model cross-entropy x{config.ce_loss_weight}, mask BCE x{config.bce_loss_weight}, "
             f"Dice x{config.dice_loss_weight}); DINOv2 and LLaVA's vision tower stay frozen."
         ),
-        evaluation=_evaluation_section(results_by_task),
+        evaluation=_evaluation_section(results_by_file, repo_id.split("/")[-1], compare_published),
         citation=CITATION,
     )
 

@@ -84,11 +84,13 @@ def test_report_numbers_equal_the_scoring_cli(built, tmp_path, capsys):
             assert score_main(argv + ["--num-workers", "1"]) == 0
             with open(path) as f:
                 cli = json.load(f)
-            for kind, metrics in cli["by"]["instruction_type"].items():
+            for kind, metrics in cli["configs"][config]["by"]["instruction_type"].items():
                 for key in ("gIoU", "cIoU", "P@50:95", "P@50"):
                     assert parser.cells[(model, kind)][key] == pytest.approx(metrics[key], abs=1e-12), (model, kind)
             for key in ("gIoU", "cIoU", "P@50:95", "P@50"):
-                assert parser.cells[(model, config)][key] == pytest.approx(cli["overall"][key], abs=1e-12)
+                assert parser.cells[(model, config)][key] == pytest.approx(
+                    cli["configs"][config]["all"][key], abs=1e-12
+                )
     capsys.readouterr()
 
 

@@ -70,19 +70,20 @@ def test_full_image_numbers_equal_a_naive_computation_from_the_release_files(rel
     areas = [int(mask.sum()) for _, _, mask in entries]
     pixels = [mask.size for _, _, mask in entries]
     expected = _naive_metrics([a / p for a, p in zip(areas, pixels)], areas, pixels)
-    assert results["overall"]["num_samples"] == 2 * len(entries)
-    _assert_metrics(results["overall"], expected)
+    trps = results["configs"]["trps"]
+    assert trps["all"]["num_samples"] == 2 * len(entries)
+    _assert_metrics(trps["all"], expected)
     for kind in ("human", "gpt4"):
-        _assert_metrics(results["by"]["instruction_type"][kind], expected)
+        _assert_metrics(trps["by"]["instruction_type"][kind], expected)
     for name in {obj for _, obj, _ in entries}:
         chosen = [(a, p) for (_, obj, _), a, p in zip(entries, areas, pixels) if obj == name]
-        _assert_metrics(results["by"]["object"][name], _naive_metrics([a / p for a, p in chosen], *zip(*chosen)))
+        _assert_metrics(trps["by"]["object"][name], _naive_metrics([a / p for a, p in chosen], *zip(*chosen)))
     for sample, _, mask in entries:
         for kind in ("human", "gpt4"):
             saved = np.asarray(Image.open(tmp_path / "predictions" / kind / f"{sample}.png"))
             assert saved.shape == mask.shape and saved.all()
     printed = capsys.readouterr().out
-    assert "| human" in printed and "| overall" in printed and f"{100 * expected['gIoU']:.2f}" in printed
+    assert "| human" in printed and "| TRPS (all)" in printed and f"{100 * expected['gIoU']:.2f}" in printed
 
 
 def test_full_image_on_the_real_sample_equals_a_naive_computation(sample_dir, tmp_path):
@@ -90,8 +91,10 @@ def test_full_image_on_the_real_sample_equals_a_naive_computation(sample_dir, tm
     entries = _release_entries(sample_dir)
     areas = [int(mask.sum()) for _, _, mask in entries]
     pixels = [mask.size for _, _, mask in entries]
-    assert results["overall"]["num_samples"] == 4 * len(entries)
-    _assert_metrics(results["overall"], _naive_metrics([a / p for a, p in zip(areas, pixels)], areas, pixels))
+    assert results["configs"]["orps"]["all"]["num_samples"] == 4 * len(entries)
+    _assert_metrics(
+        results["configs"]["orps"]["all"], _naive_metrics([a / p for a, p in zip(areas, pixels)], areas, pixels)
+    )
 
 
 ADAPTERS = ["full-image", "centre-ellipse", "clipseg", "grounded-sam", "sam3", "reason-then-ground", "pisa"]
@@ -104,8 +107,8 @@ def test_every_adapter_end_to_end_through_the_command(checkpoints, release_dir, 
         release_dir, tmp_path, spec, "--save-predictions", "--batch-size", "3", "--config", "orps", "--limit", "11"
     )
     rows = load_instructpart(release_dir, config="orps", split="test").select(range(11))
-    assert results["overall"]["num_samples"] == 11
-    assert results["run"]["processes"] == 1
+    assert results["configs"]["orps"]["all"]["num_samples"] == 11
+    assert results["execution"]["processes"] == 1
     # Re-score the saved PNGs against the dataset's masks: the files are the masks that were scored.
     ious, intersections, unions = [], [], []
     for row in rows:
@@ -117,7 +120,7 @@ def test_every_adapter_end_to_end_through_the_command(checkpoints, release_dir, 
         intersections.append(i)
         unions.append(u)
     assert len(glob.glob(str(tmp_path / "predictions" / "*" / "*.png"))) == 11
-    _assert_metrics(results["overall"], _naive_metrics(ious, intersections, unions))
+    _assert_metrics(results["configs"]["orps"]["all"], _naive_metrics(ious, intersections, unions))
     if name == "reason-then-ground":
         with open(tmp_path / "predictions" / "phrases.jsonl") as f:
             records = [json.loads(line) for line in f]
@@ -193,20 +196,29 @@ def _png_bytes(folder):
     }
 
 
+def _without_execution(path):
+    """The file's bytes up to its last key, "execution" (processes and timing: the only part allowed to differ)."""
+    text = open(path, encoding="utf-8").read()
+    head, sep, _ = text.rpartition(',\n  "execution": {')
+    assert sep, "results.json does not end with its execution block"
+    return head
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["centre-ellipse", "pisa"])
-def test_two_processes_on_an_odd_number_of_rows_give_the_single_process_numbers(
-    checkpoints, release_dir, tmp_path, name
-):
+def test_two_processes_on_an_odd_number_of_rows_write_the_single_process_file(checkpoints, release_dir, tmp_path, name):
     spec = "centre-ellipse" if name == "centre-ellipse" else checkpoints["pisa"]
-    args = ("--limit", "7", "--batch-size", "2", "--by", "object")
-    single = _run(release_dir, tmp_path / "one", spec, "--save-predictions", *args)
-    double = _launch_two_processes(release_dir, tmp_path / "two", spec, *args)
-    assert double["run"]["processes"] == 2 and single["run"]["processes"] == 1
-    assert double["overall"]["num_samples"] == 7
-    for results in (single, double):
-        results.pop("run")
-    assert double == single
-    assert _png_bytes(tmp_path / "two" / "predictions") == _png_bytes(tmp_path / "one" / "predictions")
+    out = tmp_path / "run"
+    args = ("--config", "trps,orps", "--limit", "7", "--batch-size", "2", "--by", "object", "--compare-published")
+    # The same command (same --output-dir) on 1 process, then on 2: only the execution block may differ.
+    single = _run(release_dir, out, spec, "--save-predictions", *args)
+    os.rename(out, tmp_path / "one")
+    double = _launch_two_processes(release_dir, out, spec, *args)
+    assert double["execution"]["processes"] == 2 and single["execution"]["processes"] == 1
+    assert [block["all"]["num_samples"] for block in double["configs"].values()] == [7, 7]
+    assert _without_execution(out / "results.json") == _without_execution(tmp_path / "one" / "results.json")
+    assert double["provenance"]["command"].startswith("python -m pisa_model.evaluate --model ")
+    assert _png_bytes(out / "predictions") == _png_bytes(tmp_path / "one" / "predictions")
 
 
 def test_a_missing_checkpoint_is_one_line_and_exit_code_2(checkpoints, release_dir, tmp_path, capsys):
@@ -249,3 +261,61 @@ def test_a_wrongly_sized_prediction_names_the_sample(release_dir):
     rows = load_instructpart(release_dir, config="trps", split="test").select(range(2))
     with pytest.raises(ValueError, match=f"sample human/{rows[0]['id']}: full-image predicted a"):
         evaluate_model(Wrong(), rows, progress=False)
+
+
+def test_both_tasks_in_one_run_equal_two_separate_runs(release_dir, tmp_path, capsys):
+    both = _run(release_dir, tmp_path / "both", "full-image", "--config", "trps,orps", "--save-predictions")
+    trps = _run(release_dir, tmp_path / "trps", "full-image", "--config", "trps")
+    orps = _run(release_dir, tmp_path / "orps", "full-image", "--config", "orps")
+    assert list(both["configs"]) == ["trps", "orps"]
+    assert both["configs"]["trps"] == trps["configs"]["trps"] and both["configs"]["orps"] == orps["configs"]["orps"]
+    columns = both["paper"]["columns"]
+    for group, kind in (("trps_human", "human"), ("orps_object_part", "part_question")):
+        block = both["configs"]["trps" if group.startswith("trps") else "orps"]["by"]["instruction_type"][kind]
+        assert all(columns[f"{group}_{key}"] == block[key] for key in ("gIoU", "cIoU", "P@50:95", "P@50"))
+    assert trps["paper"]["columns"]["orps_object_part_gIoU"] is None
+    assert sorted(os.listdir(tmp_path / "both" / "predictions")) == sorted(
+        ["human", "gpt4", "part_question", "part_affordance_question", "part_name", "part_affordance_name"]
+    )
+    provenance = both["provenance"]
+    assert provenance["orps_form"] == "question" and provenance["package"]["name"] == "instructpart"
+    assert provenance["command"].startswith("python -m pisa_model.evaluate --model full-image --data-dir ")
+    data = provenance["dataset"]
+    assert (data["split"], data["configs"]["trps"]["rows"], data["configs"]["orps"]["rows"]) == (
+        "test",
+        both["configs"]["trps"]["all"]["num_samples"],
+        both["configs"]["orps"]["all"]["num_samples"],
+    )
+    assert data["configs"]["trps"]["fingerprint"] == trps["provenance"]["dataset"]["configs"]["trps"]["fingerprint"]
+    printed = capsys.readouterr().out
+    assert "| TRPS (all)" in printed and "| ORPS (all)" in printed and "ORPS form: question" in printed
+
+
+def test_a_second_run_into_the_same_folder_is_refused_unless_overwrite(release_dir, tmp_path, capsys):
+    first = _run(release_dir, tmp_path, "full-image", "--config", "orps", "--save-predictions", "--limit", "3")
+    before = (tmp_path / "results.json").read_bytes()
+    capsys.readouterr()
+    argv = ["--model", "full-image", "--data-dir", release_dir, "--output-dir", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--config", "trps", "--limit", "2"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(tmp_path / "results.json") in error and "--overwrite" in error
+    assert (tmp_path / "results.json").read_bytes() == before
+    assert main([*argv, "--config", "trps", "--limit", "2", "--save-predictions", "--overwrite"]) == 0
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert list(second["configs"]) == ["trps"] and list(first["configs"]) == ["orps"]
+    # the earlier run's predictions went with it: only this run's files are in predictions/
+    assert sorted(os.listdir(tmp_path / "predictions")) == ["gpt4", "human"]  # no part_* folder left
+
+
+def test_a_pisa_checkpoint_is_identified_by_its_config_and_weights(checkpoints, release_dir, tmp_path):
+    import hashlib
+
+    results = _run(release_dir, tmp_path, checkpoints["pisa"], "--limit", "1")
+    (found,) = results["provenance"]["model"]["checkpoints"].values()
+    with open(os.path.join(checkpoints["pisa"], "config.json"), "rb") as f:
+        assert found["config_sha256"] == hashlib.sha256(f.read()).hexdigest()
+    weights = hashlib.sha256()
+    for name in sorted(n for n in os.listdir(checkpoints["pisa"]) if n.endswith(".safetensors")):
+        with open(os.path.join(checkpoints["pisa"], name), "rb") as f:
+            weights.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+    assert found["weights_sha256"] == weights.hexdigest() and found["revision"] is None

@@ -81,14 +81,16 @@ def test_scores_match_a_naive_loop_over_the_release_masks(release_dir, tmp_path,
     results = json.loads(out.read_text())
     counts = {key: naive_counts(predictions[key], truths[key[1]][0]) for key in predictions}
     gpt4 = naive_metrics([c for (kind, _), c in counts.items() if kind == "gpt4"])
-    assert results["by"]["instruction_type"]["human"] == {**PERFECT, "num_samples": len(truths)}
+    assert results["configs"]["trps"]["by"]["instruction_type"]["human"] == {**PERFECT, "num_samples": len(truths)}
     for key in ("cIoU", "P@50:95", "P@50"):
-        assert results["by"]["instruction_type"]["gpt4"][key] == gpt4[key]
-        assert results["overall"][key] == naive_metrics(list(counts.values()))[key]
-    assert results["by"]["instruction_type"]["gpt4"]["gIoU"] == pytest.approx(gpt4["gIoU"], rel=1e-15)
+        assert results["configs"]["trps"]["by"]["instruction_type"]["gpt4"][key] == gpt4[key]
+        assert results["configs"]["trps"]["all"][key] == naive_metrics(list(counts.values()))[key]
+    assert results["configs"]["trps"]["by"]["instruction_type"]["gpt4"]["gIoU"] == pytest.approx(
+        gpt4["gIoU"], rel=1e-15
+    )
     for obj in {obj for _, obj in truths.values()}:
         expected = naive_metrics([c for (_, sample_id), c in counts.items() if truths[sample_id][1] == obj])
-        assert results["by"]["object"][obj]["cIoU"] == expected["cIoU"]
+        assert results["configs"]["trps"]["by"]["object"][obj]["cIoU"] == expected["cIoU"]
     percentages = [f"{100 * gpt4[key]:.2f}" for key in ("gIoU", "cIoU", "P@50:95", "P@50")]
     assert table_row(stdout, "gpt4") == percentages + [str(len(truths))]
     assert table_row(stdout, "human") == ["100.00"] * 4 + [str(len(truths))]
@@ -110,9 +112,9 @@ def test_an_exported_hub_folder_scores_like_the_release_folder(release_dir, tmp_
         out = tmp_path / f"{len(results)}.json"
         assert run(capsys, "--predictions", folder, "--data-dir", data_dir, "--json", out, "--num-workers", 1)[0] == 0
         results.append(json.loads(out.read_text()))
-    assert results[0]["by"] == results[1]["by"]
+    assert results[0]["configs"] == results[1]["configs"]
     counts = [naive_counts(predictions[key], truths[key[1]][0]) for key in predictions]
-    assert results[1]["overall"]["cIoU"] == naive_metrics(counts)["cIoU"]
+    assert results[1]["configs"]["trps"]["all"]["cIoU"] == naive_metrics(counts)["cIoU"]
 
 
 def test_missing_predictions_are_an_error_unless_counted_as_empty(release_dir, tmp_path, capsys):
@@ -211,5 +213,5 @@ def test_a_fresh_interpreter_with_two_workers_scores_perfect_orps_predictions(re
     )
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "r.json").read_text())
-    assert list(results["by"]["instruction_type"]) == list(ORPS)
-    assert results["overall"] == {**PERFECT, "num_samples": 4 * len(truths)}
+    assert list(results["configs"]["orps"]["by"]["instruction_type"]) == list(ORPS)
+    assert results["configs"]["orps"]["all"] == {**PERFECT, "num_samples": 4 * len(truths)}

@@ -18,7 +18,7 @@ def score(capsys, predictions, data_dir, out):
     code = main(["score", *arguments])
     assert code == 0, capsys.readouterr().err
     results = json.loads(out.read_text())
-    return {key: results["overall"][key] for key in PERFECT}, results
+    return {key: results["configs"]["trps"]["all"][key] for key in PERFECT}, results
 
 
 def test_truth_scores_one_and_empty_masks_score_zero(sample_dir, tmp_path, capsys):
@@ -38,5 +38,5 @@ def test_truth_scores_one_and_empty_masks_score_zero(sample_dir, tmp_path, capsy
 
     overall, results = score(capsys, perfect, sample_dir, tmp_path / "perfect.json")
     assert overall == PERFECT
-    assert results["overall"]["num_samples"] == 2 * len(names)
+    assert results["configs"]["trps"]["all"]["num_samples"] == 2 * len(names)
     assert score(capsys, empty, sample_dir, tmp_path / "empty.json")[0] == NOTHING

@@ -15,7 +15,7 @@ from PIL import Image
 
 from instructpart_dataset import load_instructpart
 from instructpart_dataset.schema import CONFIGS, INSTRUCTION_TYPES, LABEL_COLUMNS
-from instructpart_metric import StreamingScorer, report
+from instructpart_metric import StreamingScorer, paper, report
 from instructpart_metric.cli import main as metric_main
 
 THRESHOLDS = [Fraction(k, 20) for k in range(10, 20)]  # 0.50, 0.55, ..., 0.95, exactly
@@ -51,6 +51,12 @@ def predict(name, row):
 
 
 MODELS = ("full", "referrer")
+PAPER_GROUPS = {
+    "orps_object_part": "part_question",
+    "orps_object_part_affordance": "part_affordance_question",
+    "trps_human": "human",
+    "trps_gpt4": "gpt4",
+}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +130,10 @@ def test_tables_and_gap_equal_a_naive_loop(scored, written):
         for config in CONFIGS:
             for key, value in by_config[config].items():
                 assert parser.cells[(model, config)][key] == pytest.approx(value, abs=1e-12), (model, config, key)
-                assert parser.cells[(model, "paper", config)][key] == pytest.approx(value, abs=1e-12), (model, key)
+        # The paper's four column groups read human, gpt4 and the question-form ORPS variants (2, 3).
+        for group, kind in PAPER_GROUPS.items():
+            for key, value in by_type[kind].items():
+                assert parser.cells[(model, "paper", group)][key] == pytest.approx(value, abs=1e-12), (model, group)
         for key in by_config["trps"]:
             gap = by_config["orps"][key] - by_config["trps"][key]
             assert parser.cells[(model, "gap")][key] == pytest.approx(gap, abs=1e-12), (model, key)
@@ -202,13 +211,64 @@ def test_example_cards_quote_their_instruction(scored, written):
                 assert f"“{escape(quoted)}”" in text
 
 
+def test_published_rows_stand_apart_from_yours_with_ranks(written):
+    with open(written, encoding="utf-8") as f:
+        text = f.read()
+
+    class Rows(HTMLParser):
+        rows, current = [], None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "tr" and attrs.get("data-row", "").startswith(("published", "paper")):
+                self.current = {"class": attrs.get("class"), "model": attrs["data-model"], "published": []}
+                self.rows.append(self.current)
+            elif tag == "td" and self.current is not None and "data-published" in attrs:
+                self.current["published"].append(float(attrs["data-published"]))
+            elif tag == "span" and self.current is not None and attrs.get("class") == "rank":
+                self.current.setdefault("ranks", []).append(attrs["title"])
+
+        def handle_endtag(self, tag):
+            if tag == "tr":
+                self.current = None
+
+    parser = Rows()
+    parser.feed(text)
+    published = [r for r in parser.rows if r["class"] == "published"]
+    ours = [r for r in parser.rows if r["class"] == "yours"]
+    assert [r["model"] for r in published] == [r["method"] for r in paper.published_results(include_average=False)]
+    for row, truth in zip(published, paper.published_results(include_average=False)):
+        assert row["published"] == [truth[c] for c in paper.PAPER_COLUMNS]
+    assert [r["model"] for r in ours] == list(MODELS)
+    # 12 ranked entries per column (10 published + 2 models); the referrer is perfect on named parts.
+    ranks = dict(zip(paper.PAPER_COLUMNS, ours[1]["ranks"]))
+    assert ranks["orps_object_part_gIoU"] == "rank 1st of 12"
+    assert parser.rows[-1]["model"] == "Average" and "average" in parser.rows[-1]["class"]
+    assert "ORPS form: question" in text
+
+
 def test_cli_scores_folders_like_the_scorer(scored, release_dir, tmp_path):
     _, predictions, pairs, _ = scored
     out = tmp_path / "cli"
     argv = ["--data-dir", release_dir, "--out", str(out)] + [f"--predictions={m}={p}" for m, p in predictions.items()]
-    assert metric_main(["report", *argv]) == 0
+    assert metric_main(["report", *argv, "--orps-form", "name"]) == 0
     with open(out / "report.json") as f:
-        numbers = json.load(f)["models"]
+        saved = json.load(f)
+    numbers = saved["models"]
+    assert saved["orps_form"] == "name" and saved["provenance"]["orps_form"] == "name"
+    assert (
+        saved["provenance"]["command"] == "python -m instructpart_metric report " + " ".join(argv) + " --orps-form name"
+    )
+    with open(out / "report.html", encoding="utf-8") as f:
+        page = f.read()
+    for config in CONFIGS:
+        fingerprint = saved["provenance"]["dataset"]["configs"][config]["fingerprint"]
+        assert f"{config} test" in page and fingerprint in page  # the footer says where the numbers came from
+    for model in MODELS:
+        by_type, _ = expected(pairs, model)
+        assert numbers[model]["paper"]["orps_object_part_gIoU"] == pytest.approx(
+            by_type["part_name"]["gIoU"], abs=1e-12
+        )
     for model in MODELS:
         by_type, by_config = expected(pairs, model)
         for key, value in by_config["trps"].items():
@@ -298,8 +358,9 @@ def render_probe(html_path: str) -> dict:
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
 def test_page_renders_every_image_and_the_table_in_chromium(written):
     seen = render_probe(written)
-    # 4 bar charts + per model and config: best, median, worst x (image, truth, prediction)
-    assert len(seen["images"]) == len(LABEL_COLUMNS) + len(MODELS) * len(CONFIGS) * 3 * 3
+    # the chart against the published methods, 4 bar charts + per model and config: best, median, worst x
+    # (image, truth, prediction)
+    assert len(seen["images"]) == 1 + len(LABEL_COLUMNS) + len(MODELS) * len(CONFIGS) * 3 * 3
     broken = [alt for complete, width, height, alt in seen["images"] if not (complete and width > 0 and height > 0)]
     assert not broken, f"broken images: {broken}"
     assert seen["tableHeight"] > 100

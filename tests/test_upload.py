@@ -191,12 +191,25 @@ def _results_file(path, config, split, metrics_by_type):
         k: sum(m[k] for m in metrics_by_type.values()) / len(metrics_by_type)
         for k in ("gIoU", "cIoU", "P@50:95", "P@50")
     }
+    from instructpart_metric.paper import paper_row
+
     with open(path, "w") as f:
         json.dump(
             {
-                "overall": {**overall, "num_samples": 10},
-                "by": {"instruction_type": metrics_by_type},
-                "run": {"config": config, "split": split, "data_dir": "/data/InstructPart"},
+                "configs": {
+                    config: {"all": {**overall, "num_samples": 10}, "by": {"instruction_type": metrics_by_type}}
+                },
+                "paper": {"orps_form": "question", "columns": paper_row(metrics_by_type)},
+                "provenance": {
+                    "package": {"name": "instructpart", "version": "0.1.0"},
+                    "command": "python -m pisa_model.evaluate --model ckpt --data-dir /data/InstructPart",
+                    "orps_form": "question",
+                    "dataset": {
+                        "source": "/data/InstructPart",
+                        "split": split,
+                        "configs": {config: {"rows": 10, "fingerprint": "sha256:" + "ab" * 32}},
+                    },
+                },
             },
             f,
         )
@@ -235,6 +248,8 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
         "P@50 (TRPS)": 25.0,
     }
     assert "https://huggingface.co/spaces/org/pisa-demo" in text and "| TRPS | human | 31.23 |" in text
+    assert "| TRPS | TRPS (all) | 31.23 |" in text and "sha256:" + "ab" * 32 in text  # provenance printed
+    assert "| pisa-tiny |  | — |" in text and "ORPS form: question" in text  # the paper layout
 
     os.remove(os.path.join(stage, "pipeline_pisa.py"))
     with pytest.raises(upload.UploadError, match="verification failed: AutoModel/pipeline"):
@@ -245,6 +260,22 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
     with open(os.path.join(bare, "README.md")) as f:
         bare_meta = yaml.safe_load(f.read().split("---\n")[1])
     assert "model-index" not in bare_meta and "base_model" not in bare_meta
+
+
+def test_the_card_can_place_the_results_among_the_published_methods(tiny_checkpoint, tmp_path):
+    from pisa_model.model_card import render_model_card
+
+    metrics = {"gIoU": 0.31234, "cIoU": 0.4, "P@50:95": 0.105, "P@50": 0.25}
+    trps = _results_file(tmp_path / "trps.json", "trps", "test", {"human": metrics, "gpt4": metrics})
+    text = str(render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[trps], compare_published=True))
+    assert "| LISA | RS | 34.46 | 39.44 |" in text and "| Average (as printed) |" in text
+    # TRPS human gIoU 31.23: only LISA's 32.11 is higher; cIoU 40.00 beats every published 30.25 or less
+    assert "gIoU TRPS-human: 2nd of 11" in text and "cIoU TRPS-human: 1st of 11" in text
+    assert "| **pisa-tiny** | yours |" in text
+    plain = str(render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[trps]))
+    assert "| LISA |" not in plain and "| pisa-tiny |" in plain
+    with pytest.raises(ValueError, match="TRPS results again"):
+        render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[trps, trps])
 
 
 def test_pickled_weights_are_refused(tiny_checkpoint, tmp_path):
