@@ -366,3 +366,21 @@ def test_page_renders_every_image_and_the_table_in_chromium(written):
     assert seen["tableHeight"] > 100
     assert seen["tableRows"] == 1 + len(MODELS) * (1 + len(INSTRUCTION_TYPES) + len(CONFIGS))
     assert "part_affordance_question" in seen["tableText"] and "TRPS (all)" in seen["tableText"]
+
+
+def test_a_trps_only_folder_reports_with_config_trps_and_says_so_without_it(scored, release_dir, tmp_path, capsys):
+    _, predictions, pairs, _ = scored
+    trps_only = tmp_path / "trps-only"
+    for kind in CONFIGS["trps"]:
+        shutil.copytree(os.path.join(predictions["referrer"], kind), trps_only / kind)
+    argv = ["report", "--data-dir", release_dir, "--predictions", f"m={trps_only}"]
+    assert metric_main([*argv, "--out", str(tmp_path / "both")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "part_question" in error and "pass --config" in error
+    assert metric_main([*argv, "--out", str(tmp_path / "trps"), "--config", "trps"]) == 0
+    with open(tmp_path / "trps" / "report.json") as f:
+        numbers = json.load(f)["models"]["m"]
+    assert list(numbers["by_config"]) == ["trps"]
+    _, by_config = expected(pairs, "referrer")
+    assert numbers["by_config"]["trps"]["gIoU"] == pytest.approx(by_config["trps"]["gIoU"], abs=1e-12)
+    assert numbers["paper"]["orps_object_part_gIoU"] is None
