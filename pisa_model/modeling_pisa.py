@@ -481,16 +481,14 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         model._set_trainable()
         model._trust_remote_code = trust_remote_code
         if model.processor is None and _has_saved_processor(where):
-            if os.path.isdir(where) and not any(
-                os.path.isfile(os.path.join(where, name)) for name in ("tokenizer.json", "tokenizer.model")
-            ):
-                raise ValueError(f"{where}: the checkpoint's processor has no tokenizer (tokenizer.json is missing)")
             try:
                 model.get_processor()
             except (OSError, ValueError, KeyError, TypeError) as error:
                 reason = _first_line(error)
                 if where in reason:  # already names the file (e.g. the refusal to run the checkpoint's code)
                     raise ValueError(reason) from None
+                if os.path.isdir(where) and not os.path.isfile(os.path.join(where, "tokenizer.json")):
+                    reason = f"tokenizer.json is missing: {reason}"
                 raise ValueError(f"{where}: the checkpoint's processor does not load ({reason})") from None
         return (model, info) if wants_info else model
 
