@@ -113,6 +113,8 @@ def evaluate_model(
     missing = [c for c in ("id", "image", "mask", "instruction", *SCORE_LABELS) if c not in dataset.column_names]
     if missing:
         raise ValueError(f"the dataset lacks column(s) {', '.join(missing)}")
+    if prediction_dir is not None:
+        check_output_dir(prediction_dir, label="prediction_dir")
     if device is None and accelerator is not None:
         device = accelerator.device
     adapter = load_adapter(model, device=device, dtype=dtype, **(adapter_options or {}))
@@ -170,6 +172,26 @@ def _slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
+def check_output_dir(folder: str, files=(), label: str = "--output-dir") -> None:
+    """Refuse, before any work, an output folder that cannot be created or written, or whose `files` (relative
+    paths the run will write) are folders. One-line ValueErrors naming the path."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == os.path.abspath(folder) else f"lies under the file {existing}"
+        raise ValueError(f"{label} {folder} {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{label} {folder}: {existing} is not writable")
+    for name in files:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder: the run writes a file there")
+
+
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m pisa_model.evaluate", description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50)."
@@ -210,8 +232,11 @@ def run(args) -> dict:
         options.setdefault("data_dir", args.data_dir)
     output_dir = args.output_dir or os.path.join("out", "evaluate", _slug(args.model))
     prediction_dir = os.path.join(output_dir, "predictions") if args.save_predictions else None
+    # Checked before the data, the model and hours of predictions, not after them.
+    check_output_dir(output_dir, files=(RESULTS_FILE,))
     check_not_overwriting(os.path.join(output_dir, RESULTS_FILE), args.overwrite)
     if prediction_dir is not None:
+        check_output_dir(prediction_dir)
         check_not_overwriting(prediction_dir, args.overwrite)
 
     accelerator = Accelerator()
@@ -302,4 +327,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["evaluate_model", "main"]
+__all__ = ["check_output_dir", "evaluate_model", "main"]

@@ -11,11 +11,13 @@ only torch, transformers and its sibling files (peft only when LoRA is on).
 """
 
 import copy
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoModelForImageTextToText,
@@ -29,7 +31,7 @@ from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPositionalEm
 from transformers.utils import ModelOutput
 
 from .configuration_pisa import PisaConfig
-from .processing_pisa import PisaProcessor
+from .processing_pisa import PisaProcessor, as_image_batch, as_rgb_image
 
 
 @dataclass
@@ -370,21 +372,24 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         batched forward pass, identical to greedy generation whenever the model emits its trained answer.
 
         Args:
-            images (`list[PIL.Image.Image]`): any sizes and modes.
-            instructions (`list[str]`): one per image.
+            images (`list[PIL.Image.Image]` or `list[np.ndarray]`): PIL images of any mode, or uint8 (H, W, 3)
+                arrays; a single image is a batch of one. EXIF-rotated photos are read upright (as the dataset
+                does) and their masks have the upright size. See `processing_pisa.as_rgb_image` for what is refused.
+            instructions (`list[str]` or `str`): one per image (a string is one instruction). An instruction
+                longer than the model's context is cut, with a warning.
             batch_size (`int`, *optional*, defaults to 8).
             processor (`PisaProcessor`, *optional*): defaults to `get_processor()`.
             progress (`bool`, *optional*): show a tqdm bar.
 
         Returns:
-            `list[np.ndarray]`: one bool (H, W) mask per image, at the image's original size (logit > 0).
+            `list[np.ndarray]`: one bool (H, W) mask per image, at the (upright) image's size (logit > 0).
         """
         processor = processor if processor is not None else self.get_processor()
-        images, instructions = list(images), list(instructions)
-        if len(images) != len(instructions):
-            raise ValueError(f"got {len(images)} images and {len(instructions)} instructions")
+        images, instructions = as_image_batch(images, instructions)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # Every image is checked (and made upright RGB) before the first batch runs.
+        images = [as_rgb_image(image, f"image {index}") for index, image in enumerate(images)]
         was_training = self.training
         self.eval()
         starts = range(0, len(images), batch_size)
@@ -396,7 +401,9 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         try:
             for start in starts:
                 batch = processor(
-                    images=images[start : start + batch_size], text=instructions[start : start + batch_size]
+                    images=images[start : start + batch_size],
+                    text=instructions[start : start + batch_size],
+                    max_length=self.config.text_config.max_position_embeddings,
                 )
                 outputs = self(**self.prepare_inputs(batch), logits_to_keep=1)
                 for mask in processor.post_process_masks(
@@ -430,14 +437,60 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
     # --- saving and assembling ------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, then the freezing again: loading materialises every weight as a new,
-        trainable parameter, which would let an optimizer train DINOv2 and the other frozen parts."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained`, checked, then the freezing again (loading materialises every weight
+        as a new, trainable parameter, which would let an optimizer train DINOv2 and the other frozen parts).
+
+        A PISA checkpoint must hold exactly the model's weights: missing or unexpected ones raise a one-line
+        ValueError naming the checkpoint and the first keys, unless `strict=False` (they are then left as
+        initialised, with transformers' warning). An unreadable (e.g. truncated) weights file raises an OSError
+        naming it. The processor saved with the checkpoint is loaded now, so that a missing or broken tokenizer
+        fails here rather than at the first `predict`.
+        """
         trust_remote_code = bool(kwargs.get("trust_remote_code", False))
-        model = super().from_pretrained(*args, **kwargs)
+        wants_info = kwargs.pop("output_loading_info", False)
+        where = str(pretrained_model_name_or_path)
+        # Strict: the error below replaces transformers' multi-line load report.
+        report_filter = _DropLoadReport() if strict else None
+        loading_logger = logging.getLogger("transformers.modeling_utils")
+        if report_filter is not None:
+            loading_logger.addFilter(report_filter)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:  # it names no file
+            raise OSError(f"{_weights_file(where)}: not a readable safetensors file ({_first_line(error)})") from None
+        except RuntimeError as error:  # transformers' size-mismatch errors span lines and name no file
+            if "state_dict" not in str(error) and "mismatched" not in str(error):
+                raise
+            raise ValueError(f"{where}: weights of the wrong shape for the checkpoint's config") from None
+        finally:
+            if report_filter is not None:
+                loading_logger.removeFilter(report_filter)
+        problems = [
+            f"{len(keys)} {what} weight(s) ({', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''})"
+            for what, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys")))
+            if keys
+        ]
+        if strict and problems:
+            raise ValueError(
+                f"{where}: not a complete PISA checkpoint: {'; '.join(problems)} "
+                "(strict=False loads it with those parts left as initialised)"
+            )
         model._set_trainable()
         model._trust_remote_code = trust_remote_code
-        return model
+        if model.processor is None and _has_saved_processor(where):
+            try:
+                model.get_processor()
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                reason = _first_line(error)
+                if where in reason:  # already names the file (e.g. the refusal to run the checkpoint's code)
+                    raise ValueError(reason) from None
+                if os.path.isdir(where) and not os.path.isfile(os.path.join(where, "tokenizer.json")):
+                    reason = f"tokenizer.json is missing: {reason}"
+                raise ValueError(f"{where}: the checkpoint's processor does not load ({reason})") from None
+        return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, push_to_hub: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the custom pipeline's code and the attached processor.
@@ -556,6 +609,29 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
             num_additional_image_tokens=getattr(llava_processor, "num_additional_image_tokens", 1),
         )
         return model
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _weights_file(where: str) -> str:
+    """The weights file of a local checkpoint folder (the folder itself when it holds none, or a Hub id)."""
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        if os.path.isfile(os.path.join(where, name)):
+            return os.path.join(where, name)
+    return where
+
+
+def _has_saved_processor(where: str) -> bool:
+    """A Hub checkpoint saved by this package always holds one; a local folder may be weights only."""
+    return not os.path.isdir(where) or os.path.isfile(os.path.join(where, "processor_config.json"))
 
 
 PisaForPartSegmentation.register_for_auto_class("AutoModel")

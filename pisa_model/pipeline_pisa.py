@@ -7,7 +7,14 @@ Saved checkpoints declare it in `config.custom_pipelines`, so that
 works in a process that cannot import this package. It returns
 `[{"label": instruction, "score": float, "mask": PIL.Image (mode "L", 0/255)}]`, where the score is the mean
 predicted probability over the mask's pixels (0.0 for an empty mask).
+
+Images are read as `PisaForPartSegmentation.predict` reads them (`PisaProcessor`): PIL images of any mode,
+uint8 (H, W, 3) arrays, local paths (opened without conversion) or URLs; an EXIF-rotated photo is made upright
+and its mask has the upright size. `threshold` is a mask *logit* (default 0.0, i.e. probability 0.5): a pixel
+is foreground where the logit exceeds it.
 """
+
+import os
 
 import numpy as np
 import torch
@@ -25,7 +32,8 @@ def pipeline_registration() -> dict:
 
 class PisaPartSegmentationPipeline(Pipeline):
     """Segments the object part an instruction asks for. Call with `(image, instruction=...)`, or with a dict or a
-    list of dicts `{"image": ..., "instruction": ...}`; images may be PIL images, paths or URLs."""
+    list of dicts `{"image": ..., "instruction": ...}`; images may be PIL images, uint8 (H, W, 3) arrays, paths
+    or URLs. `threshold=` is a mask logit (default 0.0): pixels whose logit exceeds it are the mask."""
 
     _load_processor = True
     _load_image_processor = False
@@ -42,12 +50,23 @@ class PisaPartSegmentationPipeline(Pipeline):
 
     def preprocess(self, inputs, instruction=None):
         if isinstance(inputs, dict):
+            if "image" not in inputs:
+                keys = ", ".join(map(repr, inputs)) or "none"
+                raise ValueError(f"a pipeline input dict needs an 'image' key (and 'instruction'); got keys {keys}")
             instruction = inputs.get("instruction", instruction)
             inputs = inputs["image"]
         if not instruction:
             raise ValueError("PisaPartSegmentationPipeline needs an instruction: pipe(image, instruction='...')")
-        image = load_image(inputs)
-        batch = self.processor(images=[image], text=[instruction])
+        path = inputs if isinstance(inputs, str) else None
+        image = _open_image(path) if path is not None else inputs
+        try:
+            batch = self.processor(
+                images=[image], text=[instruction], max_length=self.model.config.text_config.max_position_embeddings
+            )
+        except ValueError as error:
+            if path is None:
+                raise
+            raise ValueError(f"{path}: {error}") from None
         batch["instruction"] = instruction
         return batch
 
@@ -72,6 +91,20 @@ class PisaPartSegmentationPipeline(Pipeline):
         score = float(torch.sigmoid(logits[mask]).mean()) if bool(mask.any()) else 0.0
         image = Image.fromarray(mask.numpy().astype(np.uint8) * 255, mode="L")
         return [{"label": model_outputs["instruction"], "score": score, "mask": image}]
+
+
+def _open_image(path_or_url: str) -> Image.Image:
+    """A local file opened as stored (the processor converts its mode and orientation); URLs via transformers."""
+    if os.path.isfile(path_or_url):
+        try:
+            image = Image.open(path_or_url)
+            image.load()
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path_or_url}: not a readable image ({error})") from None
+        return image
+    if path_or_url.startswith(("http://", "https://")):
+        return load_image(path_or_url)
+    raise ValueError(f"{path_or_url}: no such image file")
 
 
 __all__ = ["PIPELINE_TASK", "PisaPartSegmentationPipeline", "pipeline_registration"]

@@ -6,19 +6,121 @@ way SAM feeds its encoder: this is what lets `post_process_masks` undo the
 geometry exactly (upsample to the padded square, crop the padding, resize to
 the original size). It is a `SamImageProcessorPil` with DINOv2's (ImageNet)
 normalisation, because DINOv2's own processor centre-crops, which cannot be undone.
+
+Images a user may hand over (`as_rgb_image`; `predict`, the pipeline and training all pass through it):
+- a PIL image of any mode PIL can turn into RGB. The upright image is the reference, as in the dataset:
+  an EXIF orientation is applied first, and masks come back at the upright size. 16-bit modes (I;16*) are
+  scaled by 255/65535; mode I is read as 8-bit when its values fit 0-255, else as 16-bit (0-65535); mode F as
+  0-1 when its values fit 0-1, else as 0-255. Anything else (negative or larger values, NaN, modes such as
+  "La" that PIL cannot convert) is refused.
+- a numpy array of shape (H, W, 3), dtype uint8 (channels last, 0-255). Float arrays, other shapes and arrays
+  of shape (3, W, 3) (channels first or last?) are refused: convert them to uint8 or to a PIL image first.
+- at least 1 pixel on each side and an aspect ratio of at most `MAX_ASPECT_RATIO` (32:1): beyond it the short
+  side falls under one DINOv2 patch in the mask branch (14 of 448 pixels), and LLaVA's shortest-edge resize
+  makes the long side more than 10,000 pixels. Such images are refused up front.
+Instructions are non-empty text (no lone surrogates); one longer than the model's context (`max_length`) is
+cut, never the answer and its `[SEG]`, with a warning.
 """
 
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from transformers import BatchFeature, ProcessorMixin
 
 # LISA's prompt and answer, in the llava-1.5-hf conversation format.
 DEFAULT_PROMPT_TEMPLATE = "USER: <image>\n{instruction} Please output segmentation mask. ASSISTANT:"
 DEFAULT_ANSWER = " Sure, it is [SEG]."
 IGNORE_INDEX = -100
+MAX_ASPECT_RATIO = 32
+_EXIF_ORIENTATION = 0x0112
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def as_rgb_image(image, name: str = "image") -> Image.Image:
+    """A PIL RGB image, upright, from a PIL image of any convertible mode or a uint8 (H, W, 3) array; anything
+    else is refused with a one-line ValueError naming `name` (see the module docstring for the rules)."""
+    if isinstance(image, np.ndarray):
+        image = _array_to_image(image, name)
+    elif not isinstance(image, Image.Image):
+        raise ValueError(
+            f"{name}: expected a PIL image or a uint8 numpy array of shape (H, W, 3), got {type(image).__name__}"
+        )
+    else:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        image = _pil_to_rgb(image, name)
+    width, height = image.size
+    if min(width, height) < 1:
+        raise ValueError(f"{name} is empty ({width}x{height} pixels)")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ValueError(
+            f"{name} is {width}x{height} pixels: PISA takes aspect ratios up to {MAX_ASPECT_RATIO}:1 "
+            "(crop or pad it first)"
+        )
+    return image
+
+
+def _array_to_image(array: np.ndarray, name: str) -> Image.Image:
+    if array.dtype != np.uint8:
+        hint = " (floats in [0, 1]: (array * 255).round().astype(np.uint8))" if array.dtype.kind == "f" else ""
+        raise ValueError(f"{name}: a numpy image must be uint8 with values 0-255, got {array.dtype}{hint}")
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"{name}: a numpy image must have shape (H, W, 3), channels last; got {array.shape}")
+    if array.shape[0] == 3:
+        raise ValueError(
+            f"{name}: a numpy image of shape {array.shape} could be channels first or last; "
+            "pass a PIL image (Image.fromarray) instead"
+        )
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _pil_to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """PIL's own conversion, except for the modes it would clip: 16-bit and 32-bit integers and floats."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name}: mode {mode} image holds NaN or infinite values")
+        if mode in _SIXTEEN_BIT_MODES:
+            scale = 255 / 65535
+        elif mode == "I":
+            if low < 0 or high > 65535:
+                raise ValueError(f"{name}: mode I values {low:g}..{high:g} are neither 8-bit nor 16-bit")
+            scale = 1.0 if high <= 255 else 255 / 65535
+        else:
+            if low < 0 or high > 255:
+                raise ValueError(f"{name}: mode F values {low:g}..{high:g} are neither in 0-1 nor in 0-255")
+            scale = 255.0 if high <= 1 else 1.0
+        gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{name}: cannot convert a mode {mode} image to RGB ({error})") from None
+
+
+def as_image_batch(images, instructions) -> tuple:
+    """(list of images, list of instructions) from a batch or from a single image and a single instruction. A
+    string is one instruction (never a list of characters); the counts must agree."""
+    if isinstance(images, (Image.Image, np.ndarray)):
+        images = [images]
+    elif isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+        raise ValueError(f"images must be a PIL image, a numpy array or a list of them, got {type(images).__name__}")
+    if isinstance(instructions, str):
+        instructions = [instructions]
+    elif not hasattr(instructions, "__iter__"):
+        raise ValueError(f"instructions must be a string or a list of strings, got {type(instructions).__name__}")
+    images, instructions = list(images), list(instructions)
+    if len(images) != len(instructions):
+        raise ValueError(f"got {len(images)} images and {len(instructions)} instructions")
+    return images, instructions
 
 
 class PisaProcessor(ProcessorMixin):
@@ -102,13 +204,18 @@ class PisaProcessor(ProcessorMixin):
         count = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
         return count - 1 if self.vision_feature_select_strategy == "default" else count
 
-    def __call__(self, images=None, text=None, masks=None, return_tensors="pt", **kwargs) -> BatchFeature:
+    def __call__(
+        self, images=None, text=None, masks=None, return_tensors="pt", max_length: int | None = None, **kwargs
+    ) -> BatchFeature:
         r"""
         Args:
-            images (`PIL.Image.Image` or list of them): RGB images (other modes are converted).
+            images (`PIL.Image.Image`, `np.ndarray` or a list of them): PIL images of any mode, or uint8 (H, W, 3)
+                arrays (see `as_rgb_image`); EXIF-rotated images are made upright first.
             text (`str` or `list[str]`): one instruction per image.
             masks (`np.ndarray` or list of them, *optional*): ground-truth part masks, bool or 0/1, each of its
-                image's size (H, W). When given, `labels` and `mask_labels` are returned too.
+                (upright) image's size (H, W). When given, `labels` and `mask_labels` are returned too.
+            max_length (`int`, *optional*): the model's context in tokens; a longer sequence has its instruction
+                cut (never the answer and `[SEG]`), with a warning. None: no limit.
 
         Returns:
             `BatchFeature` with
@@ -132,7 +239,13 @@ class PisaProcessor(ProcessorMixin):
                 raise ValueError(
                     f"instruction {index} contains a reserved token ({self.image_token} or {self.seg_token})"
                 )
-        images = [image.convert("RGB") if hasattr(image, "convert") else image for image in images]
+            try:
+                instruction.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(
+                    f"instruction {index} is not valid text (a lone surrogate at character {error.start})"
+                ) from None
+        images = [as_rgb_image(image, f"image {index}") for index, image in enumerate(images)]
         if masks is not None:
             masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
             if len(masks) != len(images):
@@ -142,7 +255,7 @@ class PisaProcessor(ProcessorMixin):
         llava_inputs = self.image_processor(images, return_tensors="pt")
         mask_inputs = self.mask_image_processor(images, segmentation_maps=masks, return_tensors="pt")
         height, width = llava_inputs["pixel_values"].shape[-2:]
-        ids, labels = self._tokenize(text, self.num_image_tokens(height, width))
+        ids, labels = self._tokenize(text, self.num_image_tokens(height, width), max_length)
 
         data = {
             "pixel_values": llava_inputs["pixel_values"],
@@ -165,23 +278,56 @@ class PisaProcessor(ProcessorMixin):
             raise ValueError(f"mask {index} has shape {mask.shape}, its image is {height}x{width} (H x W)")
         return (mask > 0).astype(np.uint8)
 
-    def _tokenize(self, instructions, num_image_tokens):
+    def _prompt(self, instruction: str, num_image_tokens: int) -> str:
+        return self.prompt_template.replace(self.image_token, self.image_token * num_image_tokens).replace(
+            "{instruction}", instruction.strip()
+        )
+
+    def _tokenize(self, instructions, num_image_tokens, max_length=None):
         tokenizer = self.tokenizer
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs an EOS token")
-        prompts = [
-            self.prompt_template.replace(self.image_token, self.image_token * num_image_tokens).replace(
-                "{instruction}", instruction.strip()
-            )
-            for instruction in instructions
-        ]
+        prompts = [self._prompt(instruction, num_image_tokens) for instruction in instructions]
         # Prompt and answer are tokenized apart so that the answer's ids (and the [SEG] position) are identical
         # whatever the instruction: the boundary between prompt and answer is exact for every tokenizer.
         prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
         answer_ids = tokenizer(self.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if max_length is not None:
+            budget = max_length - len(answer_ids)
+            for row, ids in enumerate(prompt_ids):
+                if len(ids) > budget:
+                    prompt_ids[row] = self._truncated_prompt(instructions[row], row, num_image_tokens, budget)
         ids = [list(p) + answer_ids for p in prompt_ids]
         labels = [[IGNORE_INDEX] * len(p) + answer_ids for p in prompt_ids]
         return ids, labels
+
+    def _truncated_prompt(self, instruction: str, index: int, num_image_tokens: int, budget: int) -> list:
+        """The prompt's ids with the instruction cut to its longest token prefix that fits in `budget` tokens."""
+        tokenizer = self.tokenizer
+        encoded = tokenizer(instruction.strip(), add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+        tokens = encoded["input_ids"]
+        bare = len(tokenizer(self._prompt("", num_image_tokens), add_special_tokens=True)["input_ids"])
+        if bare >= budget:
+            raise ValueError(
+                f"instruction {index}: the prompt and answer alone take more than the model's context "
+                f"({bare} + answer tokens > {budget} + answer tokens)"
+            )
+        keep = min(len(tokens), budget - bare)
+        while True:  # re-tokenizing the cut prompt may merge tokens differently: shrink until it fits
+            if tokenizer.is_fast:
+                cut = instruction.strip()[: encoded["offset_mapping"][keep - 1][1]] if keep > 0 else ""
+            else:
+                cut = tokenizer.decode(tokens[:keep])
+            ids = tokenizer(self._prompt(cut, num_image_tokens), add_special_tokens=True)["input_ids"]
+            if len(ids) <= budget or keep == 0:
+                break
+            keep -= 1
+        warnings.warn(
+            f"instruction {index} is {len(tokens)} tokens long and does not fit in the model's context with the "
+            f"image and the answer: only its first {keep} tokens are read",
+            stacklevel=3,
+        )
+        return ids
 
     def _pad(self, ids, labels=None) -> dict:
         pad_id = self.tokenizer.pad_token_id
@@ -296,4 +442,12 @@ def _foreign_code_requests(folder_or_repo, **kwargs) -> list:
 
 PisaProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["DEFAULT_ANSWER", "DEFAULT_PROMPT_TEMPLATE", "IGNORE_INDEX", "PisaProcessor"]
+__all__ = [
+    "DEFAULT_ANSWER",
+    "DEFAULT_PROMPT_TEMPLATE",
+    "IGNORE_INDEX",
+    "MAX_ASPECT_RATIO",
+    "PisaProcessor",
+    "as_image_batch",
+    "as_rgb_image",
+]

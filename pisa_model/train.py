@@ -10,7 +10,13 @@
 Starting points: `--init-from tiny` (the tiny random model of `pisa_model.testing`), `--from-components
 LLAVA,DINOV2,SAM` (pretrained parts), or `--init-from PATH` (a saved PISA checkpoint). `--resume-from
 OUT/checkpoints/checkpoint-N` (or `latest`) continues a run exactly: model, optimizer, scheduler, RNG states and
-the position in the data stream.
+the position in the data stream. A resume takes the settings recorded in the checkpoint (`RUN_SETTINGS`: leave
+them out); one given with another value is refused, naming it, as is a checkpoint already past `--max-steps`.
+
+One run per output folder: a run holds an advisory lock on OUT (`flock`, released by the kernel when the process
+ends, however it ends), and a fresh run refuses an OUT that holds another run's checkpoints, metrics or model
+unless `--overwrite-output-dir` (which removes the old checkpoints and metrics first). A run resuming from one
+of OUT's own checkpoints continues there, dropping the metrics logged after that checkpoint.
 
 The data stream is defined in optimizer steps: step s uses samples [s*G, (s+1)*G) of an endless sequence of
 seeded per-epoch permutations of the rows (G = batch size x accumulation x processes; process r takes the r-th
@@ -25,12 +31,41 @@ import os
 import shutil
 import sys
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, one run per folder is then the user's business
+    fcntl = None
+
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
+# What a resume must keep to continue exactly: recorded in every checkpoint, adopted when left out, refused when
+# given with another value. (max_steps too, unless the learning-rate schedule ignores it.)
+RUN_SETTINGS = (
+    "init_from",
+    "from_components",
+    "config",
+    "split",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "lr_scheduler",
+    "max_grad_norm",
+    "mixed_precision",
+    "lora_rank",
+    "lora_alpha",
+    "feature_fusion",
+    "mask_input_size",
+    "dinov2_layers",
+    "seed",
+    "max_steps",
+)
+SCHEDULERS_WITHOUT_HORIZON = ("constant", "constant_with_warmup")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="train", help="train, train200, train600, train1200 or train1800")
     parser.add_argument("--batch-size", type=int, default=2, help="rows per process per micro-batch")
     parser.add_argument("--grad-accum", type=int, default=10, help="micro-batches per optimizer step")
-    parser.add_argument("--max-steps", type=int, required=True, help="optimizer steps")
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (a resume: the run's own)")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--warmup-steps", type=int, default=100)
@@ -72,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume-from", default=None, help="a checkpoint folder, or 'latest' in OUTPUT_DIR/checkpoints"
     )
+    parser.add_argument(
+        "--overwrite-output-dir",
+        action="store_true",
+        help="start a fresh run in an OUTPUT_DIR that holds another run's checkpoints (they are removed)",
+    )
     parser.add_argument("--log-steps", type=int, default=10)
     parser.add_argument(
         "--report-to", default=None, help="accelerate tracker(s): tensorboard, wandb, ... (comma-separated)"
@@ -80,6 +120,130 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed command line; `given` lists the options the user wrote (a resume adopts the others)."""
+    args = build_parser().parse_args(argv)
+    # argparse fills in a default only where the namespace has no value yet: pre-filled markers survive exactly
+    # where the user gave nothing.
+    unset = object()
+    probe = build_parser().parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    args.given = sorted(name for name, value in vars(probe).items() if value is not unset)
+    return args
+
+
+def _given_options(args) -> set:
+    if getattr(args, "given", None) is not None:
+        return set(args.given)
+    defaults = vars(build_parser().parse_args(["--data-dir", "-", "--output-dir", "-"]))
+    return {name for name, value in vars(args).items() if name in defaults and value != defaults[name]}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_main_rank() -> bool:
+    """Rank 0 of the launch, known before Accelerate starts (torchrun tears the other ranks down if it fails)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+@contextlib.contextmanager
+def _output_dir_lock(folder: str, enabled: bool = True):
+    """Hold an exclusive advisory lock on the output folder itself for the run: a second run into it fails at
+    once, and a crashed run leaves nothing stuck (the kernel drops the lock with the process)."""
+    if not enabled or fcntl is None:
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OSError(
+                f"{folder}: another pisa_model.train run is writing there (one run per output folder: "
+                "wait for it to end or choose another --output-dir)"
+            ) from None
+        yield
+    finally:
+        os.close(handle)
+
+
+def _previous_run_files(output_dir: str) -> list:
+    """What an earlier run left in `output_dir`: checkpoints, its metrics log, its final model."""
+    found = []
+    folder = os.path.join(output_dir, CHECKPOINTS)
+    if os.path.isdir(folder) and any(name.startswith("checkpoint-") for name in os.listdir(folder)):
+        found.append(os.path.join(CHECKPOINTS, ""))
+    for name in (METRICS_FILE, "model.safetensors", "model.safetensors.index.json"):
+        if os.path.exists(os.path.join(output_dir, name)):
+            found.append(name)
+    return found
+
+
+def _prepare_output_dir(args, resume) -> None:
+    """Refuse an output folder holding another run (unless --overwrite-output-dir, which clears it)."""
+    own_checkpoint = resume is not None and os.path.realpath(resume).startswith(
+        os.path.realpath(os.path.join(args.output_dir, CHECKPOINTS)) + os.sep
+    )
+    if args.overwrite_output_dir and own_checkpoint:
+        raise ValueError(
+            f"--overwrite-output-dir would delete {resume}, the checkpoint to resume from: leave one of them out"
+        )
+    previous = _previous_run_files(args.output_dir)
+    if not previous or own_checkpoint:
+        return
+    if not args.overwrite_output_dir:
+        raise ValueError(
+            f"{args.output_dir} holds another run ({', '.join(previous)}): resume it with --resume-from latest, "
+            "choose another --output-dir, or pass --overwrite-output-dir to start over there"
+        )
+    shutil.rmtree(os.path.join(args.output_dir, CHECKPOINTS), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(args.output_dir, METRICS_FILE))
+
+
+def _adopt_run_settings(args, given: set, state: dict, checkpoint: str) -> None:
+    """Continue with the settings `checkpoint` was trained with: adopt those left out, refuse changed ones."""
+    step = int(state["step"])
+    if args.max_steps is not None and "max_steps" in given and step > args.max_steps:
+        raise ValueError(
+            f"{checkpoint} is at step {step}, past --max-steps {args.max_steps}: there is nothing left to train"
+        )
+    recorded = dict(state.get("settings") or {})
+    if not recorded and "seed" in state:  # checkpoints written before the settings were recorded
+        recorded = {"seed": state["seed"]}
+    for name in RUN_SETTINGS:
+        if name not in recorded:
+            continue
+        value = getattr(args, name)
+        schedule_ignores_it = name == "max_steps" and recorded.get("lr_scheduler") in SCHEDULERS_WITHOUT_HORIZON
+        if name in given and value != recorded[name] and not schedule_ignores_it:
+            raise ValueError(
+                f"{_flag(name)} {value} differs from the {recorded[name]} that {checkpoint} was trained with: a "
+                f"resume continues exactly with the run's own settings (leave {_flag(name)} out)"
+            )
+        if name not in given:
+            setattr(args, name, recorded[name])
+    if args.max_steps is not None and step > args.max_steps:
+        raise ValueError(
+            f"{checkpoint} is at step {step}, past --max-steps {args.max_steps}: there is nothing left to train"
+        )
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Drop the log lines after `last_step` (written by the run that was interrupted after that checkpoint)."""
+    from instructpart_dataset.files import write_text_atomic
+
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(kept))
 
 
 class StepStreamSampler(Sampler):
@@ -182,8 +346,15 @@ def _save_checkpoint(accelerator, args, step, stream):
     accelerator.save_state(partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        state = {
+            "step": step,
+            "seed": args.seed,
+            "rows_per_step": stream.per_step,
+            "num_rows": stream.num_rows,
+            "settings": {name: getattr(args, name) for name in RUN_SETTINGS},
+        }
         with open(os.path.join(partial, STATE_FILE), "w") as f:
-            json.dump({"step": step, "seed": args.seed, "rows_per_step": stream.per_step}, f)
+            json.dump(state, f)
         if os.path.isdir(folder):
             shutil.rmtree(folder)
         os.replace(partial, folder)  # a checkpoint exists complete or not at all
@@ -200,6 +371,8 @@ def _save_checkpoint(accelerator, args, step, stream):
 
 
 def _check_args(args):
+    if args.max_steps is None:
+        raise ValueError("--max-steps is required (a resume takes the run's own)")
     for name in ("batch_size", "grad_accum", "max_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -214,11 +387,31 @@ def _check_args(args):
 
 
 def train(args) -> str:
-    """Run training as configured by `args` (an argparse Namespace from `build_parser()`, or a list of CLI
-    arguments); returns the output folder holding the final model."""
+    """Run training as configured by `args` (an argparse Namespace from `parse_args()`, or a list of CLI
+    arguments); returns the output folder holding the final model. Refusals (ValueError / OSError, one line)
+    come before any file is written."""
     if not isinstance(args, argparse.Namespace):
-        args = build_parser().parse_args(list(args))
+        args = parse_args(list(args))
+    given = _given_options(args)
+    if args.tiny and not args.init_from:  # one spelling of the starting point, as recorded in checkpoints
+        args.init_from, args.tiny = "tiny", False
+        given.add("init_from")
+    resume = resume_state = None
+    if args.resume_from:
+        resume = _latest_checkpoint(args.output_dir) if args.resume_from == "latest" else args.resume_from
+        if not os.path.isdir(resume):
+            raise FileNotFoundError(f"--resume-from {resume}: no such checkpoint folder")
+        resume_state = _read_state(resume)
+        _adopt_run_settings(args, given, resume_state, resume)
     _check_args(args)
+    main_rank = _is_main_rank()
+    with _output_dir_lock(args.output_dir, enabled=main_rank):
+        if main_rank:
+            _prepare_output_dir(args, resume)
+        return _train(args, resume, resume_state)
+
+
+def _train(args, resume, resume_state) -> str:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -233,15 +426,10 @@ def train(args) -> str:
         project_dir=args.output_dir,
     )
     set_seed(args.seed)
-    resume = None
-    if args.resume_from:
-        resume = _latest_checkpoint(args.output_dir) if args.resume_from == "latest" else args.resume_from
-        if not os.path.isdir(resume):
-            raise FileNotFoundError(f"--resume-from {resume}: no such checkpoint folder")
-        resume_state = _read_state(resume)
 
     with accelerator.main_process_first():
         rows = load_rows(args.data_dir, configs=configs, split=args.split)
+    _check_rows(args, len(rows), accelerator.num_processes, resume, resume_state)
     model, processor, origin = _build_model(args)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
@@ -297,6 +485,8 @@ def train(args) -> str:
     metrics_path = os.path.join(args.output_dir, METRICS_FILE)
     if accelerator.is_main_process and start_step == 0 and os.path.exists(metrics_path):
         os.remove(metrics_path)
+    elif accelerator.is_main_process:
+        _truncate_metrics(metrics_path, start_step)
     bar = tqdm(
         total=args.max_steps,
         initial=start_step,
@@ -353,9 +543,31 @@ def train(args) -> str:
     return args.output_dir
 
 
+def _check_rows(args, num_rows: int, num_processes: int, resume, state) -> None:
+    """A micro-batch must not repeat rows; a resume must see the rows and step size it was trained with."""
+    if args.batch_size * num_processes > num_rows:
+        raise ValueError(
+            f"--batch-size {args.batch_size} x {num_processes} process(es) is more than the {num_rows} rows of "
+            f"{args.config} / {args.split}: every batch would repeat rows (use --batch-size <= "
+            f"{max(1, num_rows // num_processes)} and --grad-accum for larger steps)"
+        )
+    if resume is None:
+        return
+    if "num_rows" in state and int(state["num_rows"]) != num_rows:
+        raise ValueError(
+            f"{args.data_dir} gives {num_rows} rows of {args.config} / {args.split}, {resume} was trained on "
+            f"{state['num_rows']}: a resume needs the same data"
+        )
+    per_step = args.batch_size * args.grad_accum * num_processes
+    if "rows_per_step" in state and int(state["rows_per_step"]) != per_step:
+        raise ValueError(
+            f"{resume} was trained with {state['rows_per_step']} rows per step, this launch gives {per_step} "
+            f"({num_processes} process(es)): resume with the run's number of processes"
+        )
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         train(args)
     except (ValueError, OSError) as error:  # bad arguments, data or checkpoints: one line, no traceback

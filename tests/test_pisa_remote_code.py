@@ -184,9 +184,9 @@ def test_checkpoint_code_runs_only_with_the_users_consent(tmp_path, filename, ke
     ran = _plant_hostile_code(str(tmp_path), filename, key_path, base)
     image = Image.new("RGB", (32, 24))
 
-    loaded = PisaForPartSegmentation.from_pretrained(tmp_path)
+    # The processor loads with the model: the refusal comes at load time, before any prediction.
     with pytest.raises(ValueError) as error:
-        loaded.predict([image], ["where is the handle?"])
+        PisaForPartSegmentation.from_pretrained(tmp_path)
     message = str(error.value)
     assert "\n" not in message
     assert os.path.join(str(tmp_path), filename) in message and "hostile.HostileProcessor" in message
