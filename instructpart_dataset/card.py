@@ -56,9 +56,14 @@ def _card_data(counts: dict) -> DatasetCardData:
             split_dict.add(
                 datasets.SplitInfo(name=split, num_bytes=info["num_bytes"], num_examples=info["num_examples"])
             )
-        size = sum(info["num_bytes"] for info in splits.values())
+        # As push_to_hub writes them: dataset_size is the Arrow data once loaded, download_size the Parquet
+        # files on disk (smaller: Parquet stores an image repeated across a row group's rows once).
         infos[config] = datasets.DatasetInfo(
-            config_name=config, features=FEATURES, splits=split_dict, dataset_size=size, download_size=size
+            config_name=config,
+            features=FEATURES,
+            splits=split_dict,
+            dataset_size=sum(info["num_bytes"] for info in splits.values()),
+            download_size=sum(info["download_bytes"] for info in splits.values()),
         )
     DatasetInfosDict(infos).to_dataset_card_data(card_data)
     configs = {

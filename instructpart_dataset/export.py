@@ -7,14 +7,14 @@
 `load_dataset(OUT, "trps", split="test")` then works offline, and so does
 `load_dataset("instructpart", "trps")` run beside a folder named `instructpart`.
 Each image and mask is decoded and checked once for both configs. The export is
-written to a sibling temporary folder and renamed into place at the end: a killed
-export leaves no folder that looks complete, and `--overwrite` only replaces the old
-export once the new one is whole.
+written to a sibling temporary folder and renamed into place at the end
+(`files.publish_folder`): a killed export leaves no folder that looks complete and the
+next export of the same output cleans what it left; two exports into one output never
+overlap (the second fails at once); `--overwrite` replaces only an earlier export, and
+only once the new one is whole.
 """
 
 import os
-import shutil
-import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .card import write_card
-from .files import current_umask
+from .files import publish_folder
 from .instructpart import rows_of
-from .release import read_sample_files, scan_release
+from .load import is_hub_export
+from .release import ReleaseError, read_sample_files, scan_release
 from .schema import CONFIGS, FEATURES
 
 # The Hub's own default for push_to_hub shards; keeps each Parquet file streamable.
@@ -100,28 +101,38 @@ def export_release(
     """Write the Hub dataset folder for the release at `release_dir`; returns `{config: {split: rows}}`.
 
     `num_workers` threads decode and check images (default: one per CPU core, at most 8).
+    Raises `FileExistsError` for an existing output (without `overwrite`, or one this function did not
+    write), `ValueError` for an output that is, holds or lies inside the release, `ReleaseError` for bad
+    release files and `OutputBusyError` while another export writes the same output.
     """
     num_workers = num_workers or min(8, os.cpu_count() or 1)
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not overwrite:
-        raise FileExistsError(f"{output_dir}: already exists (pass overwrite=True / --overwrite to replace it)")
     index = scan_release(release_dir)
+    _check_apart(release_dir, output_dir)
     if not index.splits:
-        raise ValueError(f"{release_dir}: no train or test split to export")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
-    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the export is an ordinary folder
-    try:
+        raise ReleaseError(f"{release_dir}: no train or test split to export (all/ is a cross-check only)")
+    with publish_folder(output_dir, overwrite=overwrite, replaceable=_replaceable) as staging:
         counts = _write_shards(index, staging, max_shard_bytes, num_workers)
         write_card(staging, counts, index)
-        _move_into_place(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {
         config: {split: info["num_examples"] for split, info in splits.items()} for config, splits in counts.items()
     }
+
+
+def _check_apart(release_dir: str, output_dir: str) -> None:
+    """Refuse an output that would replace, or be written into, the release it is made from."""
+    release, output = os.path.realpath(release_dir), os.path.realpath(output_dir)
+    if output == release:
+        raise ValueError(f"{output_dir}: the output is the release folder itself; choose another output")
+    if os.path.commonpath([release, output]) == release:
+        raise ValueError(f"{output_dir}: the output lies inside the release folder {release}; choose another output")
+    if os.path.commonpath([release, output]) == output:
+        raise ValueError(f"{output_dir}: the output holds the release folder {release}; choose another output")
+
+
+def _replaceable(path: str) -> bool:
+    """`overwrite` replaces an earlier export (or an empty folder), never an unrelated file or folder."""
+    return os.path.isdir(path) and (is_hub_export(path) or not os.listdir(path))
 
 
 def _checked_files(samples: list, num_workers: int):
@@ -130,8 +141,8 @@ def _checked_files(samples: list, num_workers: int):
         for sample in samples:
             yield sample, read_sample_files(sample)
         return
-    with ThreadPoolExecutor(num_workers) as pool:
-        window = deque()
+    pool, window = ThreadPoolExecutor(num_workers), deque()
+    try:
         for sample in samples:
             window.append((sample, pool.submit(read_sample_files, sample)))
             if len(window) >= PREFETCH_PER_WORKER * num_workers:
@@ -140,6 +151,9 @@ def _checked_files(samples: list, num_workers: int):
         while window:
             done, future = window.popleft()
             yield done, future.result()
+    finally:
+        # On an error or an interrupt, entries not yet started are dropped rather than decoded for nothing.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_shards(index, staging: str, max_shard_bytes: int, num_workers: int) -> dict:
@@ -160,21 +174,7 @@ def _write_shards(index, staging: str, max_shard_bytes: int, num_workers: int) -
                 counts[config][split] = {
                     "num_examples": writer.num_rows,
                     "num_bytes": writer.num_bytes,
+                    "download_bytes": sum(os.path.getsize(path) for path in paths),
                     "files": [os.path.relpath(path, staging) for path in paths],
                 }
     return counts
-
-
-def _move_into_place(staging: str, output_dir: str) -> None:
-    if not os.path.exists(output_dir):
-        os.replace(staging, output_dir)
-        return
-    # Keep the old export until the new one is in place.
-    backup = staging + ".old"
-    os.replace(output_dir, backup)
-    try:
-        os.replace(staging, output_dir)
-    except BaseException:
-        os.replace(backup, output_dir)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)

@@ -4,6 +4,8 @@ import os
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .instructpart import InstructPart
 from .release import ReleaseError, is_release, scan_release
@@ -17,7 +19,7 @@ def is_hub_export(path: str) -> bool:
     readme = os.path.join(path, "README.md")
     if not os.path.isfile(readme):
         return False
-    with open(readme, encoding="utf-8") as f:
+    with open(readme, encoding="utf-8", errors="replace") as f:  # sniffing only: the card's YAML is ASCII
         head = f.read(65536)
     return head.startswith("---") and "\nconfigs:" in head
 
@@ -45,12 +47,64 @@ def _load_release(path, config, split, cache_dir, num_proc) -> datasets.Dataset:
 
 
 def _load_export(path, config, split, cache_dir) -> datasets.Dataset:
+    # Checked before datasets reads them: its own errors name no file (or log one and then fail elsewhere),
+    # and its cache of a local folder is keyed by the card alone, so it would serve a file changed since.
+    check_parquet_files(path, config, split)
+    return datasets.load_dataset(path, config, split=split, cache_dir=cache_dir)
+
+
+def _export_builder(path, config) -> datasets.DatasetBuilder:
     try:
-        return datasets.load_dataset(path, config, split=split, cache_dir=cache_dir)
-    except ValueError as error:
-        if "Unknown split" in str(error) or "Bad split" in str(error):
-            raise ValueError(f"{path}: the {config} dataset has no {split!r} split") from None
-        raise
+        return datasets.load_dataset_builder(path, config)
+    except datasets.exceptions.DataFilesNotFoundError:
+        raise ValueError(f"{path}: the card's {config} config names data files that do not exist") from None
+
+
+def data_files(path, config) -> dict:
+    """{split: [files]} that a Hub folder's (or repo's) card declares for `config`."""
+    return {split: list(files) for split, files in (_export_builder(path, config).config.data_files or {}).items()}
+
+
+def check_parquet_files(path, config, split) -> None:
+    """Raise one line naming what is wrong with an exported folder's Parquet files for `config`/`split`: no
+    such split, no files, a corrupt file, no rows, or other row counts than the card's `dataset_info` says."""
+    builder = _export_builder(path, config)
+    files = list((builder.config.data_files or {}).get(split, []))
+    if not files:
+        raise ValueError(f"{path}: the {config} dataset has no {split!r} split (no data files)")
+    rows = 0
+    for file in files:
+        try:
+            rows += pq.ParquetFile(file).metadata.num_rows
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"{file}: not a readable Parquet file ({error})") from None
+    if rows == 0:
+        raise ValueError(f"{', '.join(files)}: no {config} rows in split {split!r}")
+    declared = builder.info.splits or {}
+    declared = declared[split].num_examples if split in declared else rows
+    if declared != rows:
+        raise ValueError(
+            f"{os.path.join(path, 'README.md')}: dataset_info declares {declared} {config} {split} rows, "
+            f"its data files hold {rows}"
+        )
+
+
+def _data_files(path, config, split) -> str:
+    """The files a Hub folder or repo declares for one config/split, for messages."""
+    try:
+        files = data_files(path, config).get(split, [])
+    except Exception:  # only a message depends on it: name the folder when the files cannot be listed
+        return path
+    return ", ".join(str(file) for file in files) or path
+
+
+def _empty_split_message(path, config, split, stored_split) -> str:
+    """A split with no rows is an error: a score of nothing is not zero. An empty json of a release folder
+    fails earlier, naming the file (`release._read_json`); what is left is named here."""
+    if os.path.isdir(path) and is_release(path):  # only a subset can come out empty: none of its folders exist
+        limit = split[len("train") :]
+        return f"{os.path.join(path, 'train')}: no train<N>/ folder with N <= {limit}, so split {split!r} is empty"
+    return f"{_data_files(path, config, stored_split)}: no {config} rows in split {split!r}"
 
 
 def _torch_masks(batch):
@@ -109,6 +163,8 @@ def load_instructpart(
             input_columns="train_subset",
             desc=f"Selecting {split}",
         )
+    if len(dataset) == 0:
+        raise ValueError(_empty_split_message(path, config, split, stored_split))
     if mask_format == "numpy":
         return dataset.with_format("numpy", columns=["mask"], output_all_columns=True)
     if mask_format == "torch":

@@ -113,14 +113,25 @@ def is_release(path: str) -> bool:
 
 def _read_json(json_path: str) -> list:
     try:
-        with open(json_path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark some editors write is not an error.
+        with open(json_path, encoding="utf-8-sig") as f:
             entries = json.load(f)
+    except UnicodeDecodeError as error:
+        raise ReleaseError(
+            f"{json_path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}: "
+            f"{error.reason}); save the file as UTF-8"
+        ) from None
     except json.JSONDecodeError as error:
         raise ReleaseError(
             f"{json_path}: malformed JSON ({error.msg} at line {error.lineno} column {error.colno})"
         ) from None
+    except OSError as error:
+        raise ReleaseError(f"{json_path}: cannot be read ({error.strerror})") from None
     if not isinstance(entries, list):
         raise ReleaseError(f"{json_path}: expected a JSON list of entries, got {type(entries).__name__}")
+    if not entries:
+        # Every reader (loader, export, summary, score, evaluate) indexes the release through here.
+        raise ReleaseError(f"{json_path}: no entries (an empty split cannot be loaded, exported or scored)")
     return entries
 
 
@@ -301,8 +312,11 @@ def read_sample_files(sample: ReleaseSample) -> dict:
     features: the image bytes unchanged (non-RGB images re-encoded losslessly as RGB PNG, so
     every row decodes to RGB) and the mask as a mode-"1" PNG.
     """
-    with open(sample.image_file, "rb") as f:
-        image_bytes = f.read()
+    try:
+        with open(sample.image_file, "rb") as f:
+            image_bytes = f.read()
+    except OSError as error:
+        raise ReleaseError(f"{sample.image_file}: cannot be read ({error.strerror})") from None
     try:
         image = Image.open(io.BytesIO(image_bytes))
         image.load()

@@ -228,7 +228,8 @@ def test_cli_prints_one_line_and_exits_2(release, tmp_path):
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and f"{sid}.png" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("python -m instructpart_dataset export: error: ")
+    assert f"{sid}.png" in lines[0]
     assert not (tmp_path / "o").exists()
 
 
@@ -243,3 +244,100 @@ def test_non_rgb_image_rows_decode_to_rgb(release):
     row = next(r for r in load_instructpart(release, "trps", "test") if r["id"] == sid)
     assert row["image"].mode == "RGB"
     np.testing.assert_array_equal(np.asarray(row["image"])[..., 0], np.asarray(Image.open(path)))
+
+
+def test_empty_annotation_file_is_an_error_naming_it(release, tmp_path):
+    _rewrite_json(release, lambda records: [])
+    _expect_error(release, _json_path(release), "no entries")
+    with pytest.raises(ReleaseError, match="data_test.json: no entries"):
+        export_release(release, str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["release"]
+
+
+def test_non_utf8_annotation_file_names_the_file_and_the_byte(release):
+    with open(_json_path(release), "rb") as f:
+        data = f.read()
+    with open(_json_path(release), "wb") as f:
+        f.write(data.replace(b'"image_path": "', b'"image_path": "\xff', 1))
+    _expect_error(release, _json_path(release), "not UTF-8", "byte 0xff")
+
+
+def test_utf8_with_a_byte_order_mark_is_read(release):
+    with open(_json_path(release), "rb") as f:
+        data = f.read()
+    plain = load_instructpart(release, "trps", "test")["id"]
+    with open(_json_path(release), "wb") as f:
+        f.write(b"\xef\xbb\xbf" + data)
+    assert load_instructpart(release, "trps", "test")["id"] == plain
+
+
+def test_export_refuses_its_own_input(release, tmp_path):
+    before = sorted(os.path.relpath(os.path.join(r, f), release) for r, _, fs in os.walk(release) for f in fs)
+    for output, fragment in [
+        (release, "is the release folder itself"),
+        (os.path.join(release, "test"), "lies inside the release folder"),
+        (os.path.join(release, "new", "out"), "lies inside the release folder"),
+        (str(tmp_path), "holds the release folder"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            export_release(release, output, overwrite=True)
+    # through a symlink to the release, too
+    os.symlink(release, tmp_path / "link")
+    with pytest.raises(ValueError, match="is the release folder itself"):
+        export_release(str(tmp_path / "link"), release, overwrite=True)
+    after = sorted(os.path.relpath(os.path.join(r, f), release) for r, _, fs in os.walk(release) for f in fs)
+    assert after == before and sorted(os.listdir(tmp_path)) == ["link", "release"]
+
+
+@pytest.fixture
+def exported(release, tmp_path):
+    # datasets keys a local folder's cache by its name and card, not its files: one name per test.
+    output = str(tmp_path / f"exported-{tmp_path.name}")
+    export_release(release, output, num_workers=1)
+    return output
+
+
+def _rewrite_parquet(path, change):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    pq.write_table(change(table), path)
+
+
+def test_exported_split_with_no_rows_names_its_parquet_files(exported):
+    shard = os.path.join(exported, "orps", "test-00000-of-00001.parquet")
+    _rewrite_parquet(shard, lambda table: table.slice(0, 0))
+    message = _expect_error(exported, "no orps rows in split 'test'", config="orps")
+    assert message.startswith(shard)
+    assert len(load_instructpart(exported, "trps", "test")) > 0  # the other config is untouched
+
+
+def test_exported_train_subset_with_no_rows_is_an_error(release, tmp_path):
+    import shutil
+
+    for n in (200, 600, 1200):  # every train row is then in train1800 only
+        shutil.rmtree(os.path.join(release, "train", f"train{n}"))
+    export_release(release, str(tmp_path / "exported"), num_workers=1)
+    message = _expect_error(str(tmp_path / "exported"), "no trps rows in split 'train600'", split="train600")
+    assert message.startswith(str(tmp_path / "exported" / "trps" / "train-00000-of-00001.parquet"))
+    _expect_error(release, os.path.join(release, "train"), "no train<N>/ folder with N <= 600", split="train600")
+
+
+def test_exported_rows_other_than_the_card_declares(exported):
+    shard = os.path.join(exported, "trps", "test-00000-of-00001.parquet")
+    _rewrite_parquet(shard, lambda table: table.slice(0, 2))
+    _expect_error(exported, "README.md: dataset_info declares 6 trps test rows, its data files hold 2")
+
+
+def test_exported_card_without_its_data_files(exported):
+    import shutil
+
+    shutil.rmtree(os.path.join(exported, "trps"))
+    _expect_error(exported, exported, "the trps dataset has no 'test' split (no data files)")
+
+
+def test_corrupt_parquet_file_in_an_export_is_named(exported):
+    shard = os.path.join(exported, "trps", "test-00000-of-00001.parquet")
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) // 2)
+    _expect_error(exported, shard, "not a readable Parquet file")

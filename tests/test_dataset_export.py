@@ -54,6 +54,25 @@ def test_layout_and_card_metadata(exported, release_dir):
     assert "@inproceedings{wan2025instructpart" in text
 
 
+def test_card_sizes_describe_the_files_as_written(exported):
+    """download_size: the Parquet bytes on disk; num_bytes and dataset_size: the Arrow data once loaded."""
+    import datasets
+
+    folder, _ = exported
+    infos = {i["config_name"]: i for i in _card_yaml(folder)[0]["dataset_info"]}
+    for config in ("trps", "orps"):
+        on_disk = sum(entry.stat().st_size for entry in os.scandir(os.path.join(folder, config)))
+        assert infos[config]["download_size"] == on_disk
+        loaded = {
+            s["name"]: datasets.load_dataset(folder, config, split=s["name"]).data.nbytes
+            for s in infos[config]["splits"]
+        }
+        assert {s["name"]: s["num_bytes"] for s in infos[config]["splits"]} == loaded
+        assert infos[config]["dataset_size"] == sum(loaded.values())
+    # orps stores each entry's image in four rows; Parquet keeps one copy a row group, Arrow all four
+    assert infos["orps"]["download_size"] < infos["orps"]["dataset_size"] / 2
+
+
 def test_rows_equal_the_release_rows(exported, release_dir):
     folder, _ = exported
     for config in ("trps", "orps"):
