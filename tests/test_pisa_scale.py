@@ -1,0 +1,236 @@
+"""PISA's real-size path on CPU: stored dtypes, generated answers, merged LoRA, the memory budget's counts."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
+from pisa_model import PisaForPartSegmentation
+from pisa_model.modeling_pisa import merge_lora_state_dict, read_sam_prompt_weights
+from pisa_model.testing import REAL_STORED_DTYPES, save_tiny_components, tiny_pisa, tiny_pisa_config
+
+
+def _samples(count, seed=0):
+    rng = np.random.default_rng(seed)
+    images, texts = [], []
+    for i in range(count):
+        name = list(CATALOG)[i % len(CATALOG)]
+        image, _ = render_object(name, (90 + 10 * i, 70), rng)
+        images.append(image)
+        texts.append(instructions_for(name, CATALOG[name][i % 2], rng)[i % 6])
+    return images, texts
+
+
+@pytest.fixture(scope="module")
+def mixed_components(tmp_path_factory):
+    """Tiny parts stored like the real ones: LLaVA float16, DINOv2 bfloat16, SAM float32."""
+    folder = str(tmp_path_factory.mktemp("mixed"))
+    return save_tiny_components(folder, dtypes={**REAL_STORED_DTYPES, "dinov2": torch.bfloat16})
+
+
+def _stored_dtypes(folder):
+    with safe_open(os.path.join(folder, "model.safetensors"), "pt") as handle:
+        return {handle.get_tensor(key).dtype for key in handle.keys()}
+
+
+def test_mixed_stored_dtypes_assemble_and_predict(mixed_components):
+    llava, dinov2, sam = mixed_components
+    assert (_stored_dtypes(llava), _stored_dtypes(dinov2), _stored_dtypes(sam)) == (
+        {torch.float16},
+        {torch.bfloat16},
+        {torch.float32},
+    )
+    images, texts = _samples(2)
+    masks = {}
+    for dtype in (None, torch.bfloat16, torch.float16):
+        torch.manual_seed(0)
+        model = PisaForPartSegmentation.from_components(
+            llava, dinov2, sam, mask_input_size=64, lora_rank=8, dtype=dtype
+        )
+        trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+        frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+        assert trainable == {torch.float32}
+        assert frozen == {dtype or torch.float32}
+        masks[dtype] = model.predict(images, texts)
+        assert [m.shape for m in masks[dtype]] == [(70, 90), (70, 100)]
+    # Same weights (same seed for the new parts), the frozen ones rounded: the masks nearly agree.
+    for dtype in (torch.bfloat16, torch.float16):
+        agreement = np.mean([np.mean(a == b) for a, b in zip(masks[None], masks[dtype])])
+        assert agreement > 0.9, (dtype, agreement)
+
+
+def test_forward_refuses_unknown_keyword_arguments():
+    model, processor = tiny_pisa(seed=0)
+    images, texts = _samples(1)
+    inputs = model.prepare_inputs(processor(images=images, text=texts))
+    with pytest.raises(TypeError, match="mask_label"):
+        model(**inputs, mask_label=torch.zeros(1, 64, 64))
+
+
+def test_from_components_reads_only_the_sam_prompt_encoder_and_mask_decoder(mixed_components, monkeypatch):
+    from transformers import SamModel
+
+    _, _, sam = mixed_components
+    config, parts = read_sam_prompt_weights(sam)
+    assert set(parts) == {"prompt_encoder", "mask_decoder"}
+    whole = SamModel.from_pretrained(sam)
+    for part in parts:
+        expected = getattr(whole, part).state_dict()
+        assert set(parts[part]) == set(expected), part
+        for name, tensor in parts[part].items():
+            assert torch.equal(tensor, expected[name]), name
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("from_components loaded the whole SAM")
+
+    monkeypatch.setattr(SamModel, "from_pretrained", refuse)
+    llava, dinov2, _ = mixed_components
+    model = PisaForPartSegmentation.from_components(llava, dinov2, sam, mask_input_size=64)
+    assert torch.equal(model.mask_decoder.iou_token.weight, whole.mask_decoder.iou_token.weight)
+
+
+def _answer_chain(model, processor, chain):
+    """Make greedy decoding follow `chain` (token -> next token) whatever the context: the token embeddings are
+    scaled up so that a position's own token dominates the last hidden state, and the LM head row of each `next`
+    points along its predecessor's embedding (every other row zero)."""
+    vocab = processor.tokenizer.convert_tokens_to_ids
+    embeddings = model.llava.get_input_embeddings().weight
+    head = model.llava.lm_head.weight
+    with torch.no_grad():
+        embeddings.mul_(10.0)
+        head.zero_()
+        for token, following in chain:
+            direction = embeddings[vocab(token)]
+            head[vocab(following)] = 50.0 * direction / direction.norm()
+
+
+TRAINED = [(":", "sure"), ("sure", ","), (",", "it"), ("it", "is"), ("is", "[SEG]"), ("[SEG]", "."), (".", "</s>")]
+
+
+def test_generated_trained_answer_gives_the_teacher_forced_mask():
+    model, processor = tiny_pisa(seed=0)
+    _answer_chain(model, processor, TRAINED)
+    images, texts = _samples(3, seed=1)  # instructions of different lengths: left padding is exercised
+    assert len({len(t.split()) for t in texts}) > 1
+    forced = model.predict(images, texts)
+    generated, answers = model.predict(images, texts, generate=True, return_answers=True)
+    assert answers == ["sure, it is [SEG]."] * 3
+    for a, b in zip(forced, generated):
+        assert a.any() or (~a).any()
+        assert np.array_equal(a, b)
+    # The logits themselves, from the state that emitted [SEG] in each mode.
+    batch = processor(images=images, text=texts)
+    with torch.no_grad():
+        teacher = model(**model.prepare_inputs(batch), logits_to_keep=1).pred_masks
+    output = model.generate_segmentation(batch, processor, max_new_tokens=10)
+    assert output.has_seg.all()
+    assert torch.allclose(output.pred_masks, teacher, atol=1e-5)
+
+
+def test_an_answer_without_seg_gives_an_empty_mask_and_its_text():
+    model, processor = tiny_pisa(seed=0)
+    chain = [(":", "sure"), ("sure", ","), (",", "it"), ("it", "is"), ("is", "."), (".", "</s>")]
+    _answer_chain(model, processor, chain)
+    images, texts = _samples(2, seed=2)
+    masks, answers = model.predict(images, texts, generate=True, return_answers=True)
+    assert answers == ["sure, it is."] * 2
+    assert [m.shape for m in masks] == [(70, 90), (70, 100)] and not any(m.any() for m in masks)
+    # An answer that never ends stops at max_new_tokens.
+    _answer_chain(model, processor, [(":", "sure"), ("sure", "sure")])
+    output = model.generate_segmentation(processor(images=images, text=texts), processor, max_new_tokens=4)
+    assert output.answers == ["sure sure sure sure"] * 2 and not output.has_seg.any()
+
+
+def test_merged_lora_checkpoint_predicts_like_the_adapters(tmp_path):
+    peft = pytest.importorskip("peft")
+    model, processor = tiny_pisa(seed=0, lora_rank=4)
+    torch.manual_seed(1)
+    with torch.no_grad():  # LoRA B starts at zero: give the adapters something to merge
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    # The merge equals peft's own, layer by layer.
+    merged = merge_lora_state_dict(model.state_dict(), model.config.lora_alpha / model.config.lora_rank)
+    for name, module in model.named_modules():
+        if isinstance(module, peft.tuners.lora.LoraLayer):
+            expected = module.get_base_layer().weight + module.get_delta_weight("default")
+            assert torch.allclose(merged[name + ".weight"], expected, atol=1e-6), name
+    model.save_pretrained(tmp_path, merge_lora=True)
+    assert model.config.lora_rank == 4  # the model in memory is unchanged
+    with open(tmp_path / "config.json") as handle:
+        assert json.load(handle)["lora_rank"] == 0
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        assert not any("lora_" in key or "base_layer" in key for key in handle.keys())
+    loaded = PisaForPartSegmentation.from_pretrained(tmp_path).eval()
+    assert not any("lora_" in name for name, _ in loaded.named_parameters())
+    images, texts = _samples(3, seed=3)
+    batch = processor(images=images, text=texts)
+    with torch.no_grad():
+        ours = model.eval()(**model.prepare_inputs(batch), logits_to_keep=1).pred_masks
+        theirs = loaded(**loaded.prepare_inputs(batch), logits_to_keep=1).pred_masks
+    # Tolerance: float32 rounding of W + BA against W x + B(A x), 1e-4 on the logits; masks equal off that band.
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    assert torch.equal((ours > 0)[ours.abs() > 1e-3], (theirs > 0)[ours.abs() > 1e-3])
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_budget_counts_equal_the_built_tiny_model(lora_rank):
+    from pisa_model.budget import count_parameters
+
+    config = tiny_pisa_config(lora_rank=lora_rank)
+    total, trainable, weight_bytes = count_parameters(config, torch.bfloat16)
+    model, _ = tiny_pisa(seed=0, lora_rank=lora_rank)
+    assert total == sum(p.numel() for p in model.parameters())
+    assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model.apply_dtype_policy(torch.bfloat16)
+    assert weight_bytes == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_budget_full_size_count_equals_the_parts_built_on_the_meta_device():
+    from transformers import Dinov2Backbone, LlavaForConditionalGeneration
+    from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPromptEncoder
+
+    from pisa_model.budget import count_parameters, full_size_config
+    from pisa_model.modeling_pisa import sam_config_for
+
+    config = full_size_config(lora_rank=8)
+    total, trainable, _ = count_parameters(config)
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(config.llava_config)
+        dinov2 = Dinov2Backbone(config.dinov2_config)
+        prompt = SamPromptEncoder(sam_config_for(config))
+        decoder = SamMaskDecoder(config.mask_decoder_config)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    text, width = config.text_config, config.mask_decoder_config.hidden_size
+    neck = 4 * (1024 * width + width) + 2 * width
+    projection = text.hidden_size * text.hidden_size + text.hidden_size + text.hidden_size * width + width
+    lora = text.num_hidden_layers * 2 * 8 * (text.hidden_size + text.hidden_size)
+    assert total == count(llava) + count(dinov2) + count(prompt) + count(decoder) + neck + projection + lora
+    # The published sizes: llava-hf/llava-1.5-7b-hf 7.06 B, facebook/dinov2-large 304 M (its backbone here).
+    assert (round(count(llava) / 1e7), round(count(dinov2) / 1e6)) == (706, 304)
+    # Trainable with LoRA: adapters, token embeddings and LM head, projection, neck, the decoder's read parts.
+    decoder_read = count(decoder) - count(decoder.iou_prediction_head)
+    decoder_read -= sum(count(m) for m in decoder.output_hypernetworks_mlps[1:])
+    embeddings = 2 * text.vocab_size * text.hidden_size
+    assert trainable == lora + embeddings + projection + neck + decoder_read
+
+
+def test_budget_command_ends_with_the_80_gb_verdict(capsys):
+    from pisa_model.budget import main
+
+    assert main([]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "fits 80 GB: yes"
+    assert main(["--lora-rank", "0"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "fits 80 GB: no"
+
+
+def test_dinov2_grid_matches_sams_decoder_by_default():
+    from pisa_model import PisaConfig
+
+    config = PisaConfig()
+    assert config.mask_input_size == 896 and config.mask_grid_size == 64  # SAM-H: 1024 px / 16 = 64
