@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
@@ -234,3 +235,68 @@ def test_dinov2_grid_matches_sams_decoder_by_default():
 
     config = PisaConfig()
     assert config.mask_input_size == 896 and config.mask_grid_size == 64  # SAM-H: 1024 px / 16 = 64
+
+
+def test_pipeline_returns_the_generated_answer_with_the_mask(tmp_path):
+    from pisa_model.pipeline_pisa import PisaPartSegmentationPipeline
+
+    model, processor = tiny_pisa(seed=0)
+    _answer_chain(model, processor, TRAINED)
+    pipe = PisaPartSegmentationPipeline(model=model, processor=processor)
+    images, texts = _samples(1, seed=4)
+    forced = pipe(images[0], instruction=texts[0])[0]
+    generated = pipe(images[0], instruction=texts[0], generate=True, max_new_tokens=8)[0]
+    assert "answer" not in forced and generated["answer"] == "sure, it is [SEG]."
+    assert np.array_equal(np.asarray(forced["mask"]), np.asarray(generated["mask"]))
+    _answer_chain(model, processor, [(":", "sure"), ("sure", "</s>")])
+    empty = pipe(images[0], instruction=texts[0], generate=True)[0]
+    assert empty["answer"] == "sure" and not np.asarray(empty["mask"]).any() and empty["score"] == 0.0
+
+
+def test_evaluate_generate_mode_records_answers_and_mode(release_dir, tmp_path):
+    from pisa_model.evaluate import main
+
+    model, processor = tiny_pisa(seed=0)
+    _answer_chain(model, processor, TRAINED)
+    model.save_pretrained(tmp_path / "model")
+    results = {}
+    for mode in ("teacher-forced", "generated"):
+        out = tmp_path / mode
+        extra = ["--adapter-arg", "generate=true", "--adapter-arg", "max_new_tokens=8"] if mode == "generated" else []
+        argv = ["--model", str(tmp_path / "model"), "--data-dir", release_dir, "--output-dir", str(out)]
+        assert main([*argv, "--no-progress", "--limit", "5", *extra]) == 0
+        with open(out / "results.json") as handle:
+            results[mode] = json.load(handle)
+        assert results[mode]["run"]["answer_mode"] == mode
+    with open(tmp_path / "generated" / "predictions" / "answers.jsonl") as handle:
+        answers = [json.loads(line) for line in handle]
+    assert [a["answer"] for a in answers] == ["sure, it is [SEG]."] * 5 and all(a["has_seg"] for a in answers)
+    assert results["generated"]["answers"] == {"mode": "generated", "rows": 5, "with_seg": 5}
+    assert not (tmp_path / "teacher-forced" / "predictions").exists()
+    # The trained answer generated: the same masks, the same numbers.
+    assert results["generated"]["overall"] == results["teacher-forced"]["overall"]
+
+
+def test_worker_decoding_and_threaded_writes_give_the_inline_results(release_dir, tmp_path):
+    from instructpart_dataset import load_instructpart
+    from pisa_model.evaluate import evaluate_model
+
+    dataset = load_instructpart(release_dir, config="orps", split="test")
+    runs = {}
+    for workers, threads in ((0, 0), (2, 2)):
+        folder = tmp_path / f"{workers}-{threads}"
+        scorer, _ = evaluate_model(
+            "centre-ellipse",
+            dataset,
+            batch_size=3,
+            prediction_dir=str(folder),
+            adapter_options={"relative_area": 0.2},
+            progress=False,
+            num_workers=workers,
+            write_threads=threads,
+        )
+        files = sorted(p.relative_to(folder) for p in folder.rglob("*.png"))
+        runs[workers] = (scorer.state_dict(), {f: Image.open(folder / f).tobytes() for f in files})
+    assert len(runs[0][1]) == len(dataset)
+    assert runs[0][1] == runs[2][1]
+    assert json.dumps(runs[0][0], sort_keys=True, default=str) == json.dumps(runs[2][0], sort_keys=True, default=str)
