@@ -310,6 +310,13 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         return self
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype, float32 when they mix dtypes (see `apply_dtype_policy`): `save_pretrained` records
+        it in the config and `from_pretrained` loads every weight in it, so a mixed checkpoint loads losslessly."""
+        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+    @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype the frozen parts run in: DINOv2's (always frozen). Image inputs are cast to it."""
         return next(self.dinov2.parameters()).dtype
