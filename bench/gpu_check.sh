@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # PISA's real path on one GPU: full-size random components saved in the real checkpoints' dtypes, a few steps of
 # `accelerate launch -m pisa_model.train --from-components ...` with the default flags, then evaluation in both
-# answer modes; prints losses, samples/s, peak GPU memory and pisa_model.budget's estimate. About 5 minutes on one
-# H200 (within 8). Without a GPU it says so and exits 2.
+# answer modes; prints losses, samples/s, peak GPU memory and pisa_model.budget's estimate. Meant to finish within
+# 8 minutes on one H200. Without a GPU it says so and exits 2.
 #   bash bench/gpu_check.sh [--steps 3] [--test-rows 16] [--work-dir DIR]
 #   bash bench/gpu_check.sh --tiny     # the same steps with tiny components on CPU (run by the test suite)
 set -euo pipefail

@@ -12,7 +12,7 @@ It prints the losses (and whether they are finite), train and predict samples/s,
 and of prediction, and `pisa_model.budget`'s estimate for the same flags next to the measured training peak; it
 exits 1 when a loss is not finite or a mask has the wrong size.
 
-    bash bench/gpu_check.sh                   # on a machine with a CUDA GPU (about 5 minutes on one H200)
+    bash bench/gpu_check.sh                   # on a machine with a CUDA GPU (meant to finish within 8 minutes on one H200)
     bash bench/gpu_check.sh --tiny            # the same steps with tiny components on CPU (CI runs it)
 """
 

@@ -125,13 +125,17 @@ def _evaluation_section(results_by_task: dict) -> str:
             "Not evaluated yet. Score it with `accelerate launch -m pisa_model.evaluate --model <this repo> "
             "--data-dir <release> --config trps --split test` (and `--config orps`)."
         )
+    # Results written before generated answers existed were teacher-forced: it was the only mode.
     runs = [
         f"`{task}`/`{r.get('run', {}).get('split', 'test')}` of `{r.get('run', {}).get('data_dir', '?')}` "
-        f"({r['overall']['num_samples']} rows)"
+        f"({r['overall']['num_samples']} rows, answer {r.get('run', {}).get('answer_mode', 'teacher-forced')})"
         for task, r in results_by_task.items()
     ]
     lines = [
-        "Scored by `pisa_model.evaluate` on " + ", ".join(runs) + "; percentages, columns as in the paper:",
+        "Scored by `pisa_model.evaluate` on " + ", ".join(runs) + "; percentages, columns as in the paper. "
+        'Answer teacher-forced: the trained answer "Sure, it is [SEG]." is fed in and the mask read from its '
+        "`[SEG]`, as in LISA's validation; generated: the model writes its answer greedily and an answer without "
+        "`[SEG]` scores an empty mask (`--adapter-arg generate=true`).",
         "",
         "| task | instruction type | gIoU | cIoU | P@50:95 | P@50 |",
         "|---|---|---:|---:|---:|---:|",

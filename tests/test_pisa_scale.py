@@ -346,3 +346,22 @@ def test_gpu_check_tiny_trains_mixed_dtype_parts_in_bf16_and_evaluates_both_mode
     assert all(stored[key].dtype == torch.float32 for key in stored if "lora_" in key or "text_projection" in key)
     frozen = [key for key in stored if key.startswith("dinov2.") and key.endswith("weight")]
     assert frozen and all(stored[key].dtype == torch.bfloat16 for key in frozen)
+
+
+def test_model_card_says_which_answer_mode_produced_each_number(tmp_path):
+    from pisa_model.model_card import render_model_card
+    from pisa_model.testing import save_tiny_pisa
+
+    folder = save_tiny_pisa(str(tmp_path / "model"))
+    metrics = {"gIoU": 0.5, "cIoU": 0.5, "P@50:95": 0.3, "P@50": 0.5, "num_samples": 4}
+    files = []
+    for task, mode in (("trps", "generated"), ("orps", None)):
+        run = {"config": task, "split": "test", "data_dir": "release"}
+        if mode:
+            run["answer_mode"] = mode
+        path = tmp_path / f"{task}.json"
+        path.write_text(json.dumps({"overall": metrics, "by": {"instruction_type": {}}, "run": run}))
+        files.append(str(path))
+    text = str(render_model_card(folder, "org/pisa", results_files=files))
+    assert "`trps`/`test` of `release` (4 rows, answer generated)" in text
+    assert "`orps`/`test` of `release` (4 rows, answer teacher-forced)" in text  # before answer_mode existed
