@@ -75,13 +75,8 @@ def save_full_size_components(folder: str, device: torch.device):
         (SamModel, SamConfig.from_dict(_read_config("sam-vit-huge")), REAL_STORED_DTYPES["sam"]),
     )
     for path, (model_class, config, dtype) in zip(paths, builds):
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                model = model_class(config)
-        finally:
-            torch.set_default_dtype(previous)
+        with torch.device(device):  # random init on the GPU takes seconds where the CPU would take minutes
+            model = model_class(config).to(dtype)
         model.save_pretrained(path)
         del model
         if device.type == "cuda":
@@ -213,7 +208,8 @@ def main(argv=None):
             + (f"{float(measured.group(1)):.2f} GiB" if measured else "n/a (no GPU)")
         )
 
-        model = PisaForPartSegmentation.from_pretrained(output).to(device).eval()
+        # As `pisa_model.evaluate --dtype bfloat16` loads it (the checkpoint itself says float32: it mixes dtypes).
+        model = PisaForPartSegmentation.from_pretrained(output, dtype=torch.bfloat16).to(device).eval()
         dataset = load_instructpart(release, config="trps", split="test")
         dataset = dataset.select(range(min(args.test_rows, len(dataset))))
         for generate in (False, True):
