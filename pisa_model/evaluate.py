@@ -70,12 +70,18 @@ def _row_batches(dataset, indices: list, batch_size: int, num_workers: int):
     """
     starts = range(0, len(indices), batch_size)
 
-    def read(start):
-        return [dataset[i] for i in indices[start : start + batch_size]]
-
     if num_workers == 0:
-        yield from map(read, starts)
+        for start in starts:
+            yield [dataset[i] for i in indices[start : start + batch_size]]
         return
+
+    def read(start):
+        rows = [dataset[i] for i in indices[start : start + batch_size]]
+        for row in rows:  # datasets opens images lazily: decode them here, not when the model first reads them
+            if hasattr(row["image"], "load"):
+                row["image"].load()
+        return rows
+
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
