@@ -365,3 +365,20 @@ def test_model_card_says_which_answer_mode_produced_each_number(tmp_path):
     text = str(render_model_card(folder, "org/pisa", results_files=files))
     assert "`trps`/`test` of `release` (4 rows, answer generated)" in text
     assert "`orps`/`test` of `release` (4 rows, answer teacher-forced)" in text  # before answer_mode existed
+
+
+def test_train_defaults_are_lisas_for_pretrained_parts_only():
+    from pisa_model.train import _apply_lisa_defaults, _lora_options, build_parser
+
+    common = ["--data-dir", "d", "--output-dir", "o", "--max-steps", "1"]
+    parts = _apply_lisa_defaults(build_parser().parse_args([*common, "--from-components", "l,d,s"]))
+    assert _lora_options(parts) == {
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.05,
+        "lora_target_modules": ["q_proj", "v_proj"],
+    }
+    assert parts.mask_input_size == 896
+    full = _apply_lisa_defaults(build_parser().parse_args([*common, "--from-components", "l,d,s", "--lora-rank", "0"]))
+    assert full.lora_rank == 0  # full fine-tuning only when asked
+    assert _apply_lisa_defaults(build_parser().parse_args([*common, "--init-from", "tiny"])).lora_rank == 0
