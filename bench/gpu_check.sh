@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# PISA at the paper's size on the GPU machine: random-init 7B LLaVA + DINOv2-L + SAM-H decoder in bf16,
-# a LoRA training step and predict, with samples/s and peak memory. Budget: about 3-5 minutes on one H200
-# (most of it building 7.6 B random weights on the device).
-#   bash bench/gpu_check.sh [--train-batch 4] [--predict-batch 8] [--gradient-checkpointing]
-#   bash bench/gpu_check.sh --tiny     # CPU sanity run of the same script
+# PISA's real path on one GPU: full-size random components saved in the real checkpoints' dtypes, a few steps of
+# `accelerate launch -m pisa_model.train --from-components ...` with the default flags, then evaluation in both
+# answer modes; prints losses, samples/s, peak GPU memory and pisa_model.budget's estimate. Meant to finish within
+# 8 minutes on one H200. Without a GPU it says so and exits 2.
+#   bash bench/gpu_check.sh [--steps 3] [--test-rows 16] [--work-dir DIR]
+#   bash bench/gpu_check.sh --tiny     # the same steps with tiny components on CPU (run by the test suite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=python3

@@ -1,207 +1,243 @@
-"""PISA at the paper's size on one GPU: a random-init model (LLaVA-1.5-7B text config, DINOv2-L, SAM-H decoder)
-in bf16, a LoRA training step (forward + backward + AdamW) and `predict`, printing samples/s and peak memory.
+"""PISA's real path end to end on one GPU, the way a user runs it, in a few minutes.
 
-Each speed is also printed as a ratio to a floor measured in the same run on the same batch: the LLaVA part
-alone (its forward, or its forward + backward with the LM loss), so the ratio is the cost of PISA's mask branch
-on top of the language model it extends. Medians over `--repeats` timed runs after `--warmup` untimed ones.
+1. Full-size random components with the real configs (`pisa_model/configs/`: LLaVA-1.5-7B, DINOv2-L, SAM-H) saved
+   in the real checkpoints' stored dtypes (LLaVA float16, DINOv2 and SAM float32). The LLaVA folder carries the
+   tiny word-level tokenizer of `pisa_model.testing` (no download here); the model keeps LLaVA's 32,064 rows.
+2. A generated release, then `accelerate launch -m pisa_model.train --from-components ...` with the default flags
+   (LoRA r=8 on q_proj/v_proj, batch 2, 896 px mask input, `--mixed-precision bf16`) for a few optimizer steps.
+3. `pisa_model.evaluate`'s `evaluate_model` on the trained checkpoint in both answer modes (teacher-forced and
+   generated).
 
-    bash bench/gpu_check.sh                  # on the GPU machine
-    python bench/pisa_gpu_check.py --tiny    # sanity run of the same code on CPU with the tiny config
+It prints the losses (and whether they are finite), train and predict samples/s, the peak GPU memory of training
+and of prediction, and `pisa_model.budget`'s estimate for the same flags next to the measured training peak; it
+exits 1 when a loss is not finite or a mask has the wrong size.
+
+    bash bench/gpu_check.sh                   # on a machine with a CUDA GPU (meant to finish within 8 minutes on one H200)
+    bash bench/gpu_check.sh --tiny            # the same steps with tiny components on CPU (CI runs it)
 """
 
 import argparse
-import statistics
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
-import numpy as np
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (checks the script, not the speed)")
-    parser.add_argument("--train-batch", type=int, default=4)
-    parser.add_argument("--predict-batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="tiny components on CPU: checks the steps, not the speed")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps")
+    parser.add_argument("--grad-accum", type=int, default=2)
+    parser.add_argument("--test-rows", type=int, default=16, help="rows evaluated in each answer mode")
+    parser.add_argument("--work-dir", default=None, help="keep the components, release and checkpoint here")
     return parser.parse_args(argv)
 
 
-def build(args, device, dtype):
-    """(model, processor) at full size (random weights, built directly on the device) or tiny."""
-    if args.tiny:
-        from pisa_model.testing import tiny_pisa
-
-        model, processor = tiny_pisa(seed=0, lora_rank=args.lora_rank)
-        return model.to(device=device, dtype=dtype), processor
-
-    from transformers import CLIPImageProcessorPil, SamImageProcessorPil
+def save_full_size_components(folder: str, device: torch.device):
+    """Random LLaVA-1.5-7B / DINOv2-L / SAM-H built on `device` from the shipped configs, saved as the Hub stores
+    them (LLaVA float16, the others float32), with processors; returns the three folders."""
+    from transformers import (
+        BitImageProcessorPil,
+        CLIPImageProcessorPil,
+        Dinov2Config,
+        Dinov2Model,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        SamConfig,
+        SamModel,
+    )
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from pisa_model import PisaConfig, PisaForPartSegmentation, PisaProcessor
-    from pisa_model.testing import tiny_tokenizer
+    from pisa_model.budget import _read_config
+    from pisa_model.testing import REAL_STORED_DTYPES, tiny_tokenizer
 
-    # The tiny word-level tokenizer stands in for LLaMA's (no download here); the sequence lengths below are
-    # padded to LISA's typical prompt length so that the language model sees realistic shapes.
-    tokenizer = tiny_tokenizer()
-    config = PisaConfig(lora_rank=args.lora_rank, seg_token_id=tokenizer.convert_tokens_to_ids("[SEG]"))
-    config.llava_config.image_token_index = tokenizer.convert_tokens_to_ids("<image>")
-    size = config.mask_input_size
-    processor = PisaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
-        mask_image_processor=SamImageProcessorPil(
-            size={"longest_edge": size},
-            pad_size={"height": size, "width": size},
-            mask_size={"longest_edge": size},
-            mask_pad_size={"height": size, "width": size},
-            image_mean=list(IMAGENET_DEFAULT_MEAN),
-            image_std=list(IMAGENET_DEFAULT_STD),
-        ),
+    tokenizer = tiny_tokenizer(with_seg=False)
+    llava_config = LlavaConfig.from_dict(_read_config("llava-1.5-7b-hf"))
+    llava_config.image_token_index = tokenizer.convert_tokens_to_ids("<image>")
+    llava_config.text_config.pad_token_id = tokenizer.pad_token_id
+    llava_config.text_config.bos_token_id = tokenizer.bos_token_id
+    llava_config.text_config.eos_token_id = tokenizer.eos_token_id
+    paths = [os.path.join(folder, name) for name in ("llava", "dinov2", "sam")]
+    builds = (
+        (LlavaForConditionalGeneration, llava_config, REAL_STORED_DTYPES["llava"]),
+        (Dinov2Model, Dinov2Config.from_dict(_read_config("dinov2-large")), REAL_STORED_DTYPES["dinov2"]),
+        (SamModel, SamConfig.from_dict(_read_config("sam-vit-huge")), REAL_STORED_DTYPES["sam"]),
+    )
+    for path, (model_class, config, dtype) in zip(paths, builds):
+        with torch.device(device):  # random init on the GPU takes seconds where the CPU would take minutes
+            model = model_class(config).to(dtype)
+        model.save_pretrained(path)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    clip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    LlavaProcessor(
+        image_processor=clip,
         tokenizer=tokenizer,
         patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    ).save_pretrained(paths[0])
+    BitImageProcessorPil(image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD)).save_pretrained(
+        paths[1]
     )
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = PisaForPartSegmentation(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model, processor
+    return paths
 
 
-def batch_of(processor, count, rng, with_masks):
-    from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
+def train(args, components, release, output, mask_input_size):
+    """`accelerate launch -m pisa_model.train` with the default flags; returns (metrics lines, closing line)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    if args.tiny:
+        env["ACCELERATE_USE_CPU"] = "1"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "bf16",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "pisa_model.train",
+        "--data-dir",
+        release,
+        "--output-dir",
+        output,
+        "--from-components",
+        ",".join(components),
+        "--mixed-precision",
+        "bf16",
+        "--max-steps",
+        str(args.steps),
+        "--grad-accum",
+        str(args.grad_accum),
+        "--warmup-steps",
+        "1",
+        "--log-steps",
+        "1",
+        "--no-progress",
+    ]
+    if mask_input_size is not None:
+        command += ["--mask-input-size", str(mask_input_size)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        print(run.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"training failed (exit {run.returncode})")
+    with open(os.path.join(output, "metrics.jsonl")) as handle:
+        metrics = [json.loads(line) for line in handle]
+    closing = [line for line in run.stderr.splitlines() if line.startswith("pisa_model.train: trained")]
+    return metrics, (closing[-1] if closing else "")
 
-    images, texts, masks = [], [], []
-    for i in range(count):
-        name = list(CATALOG)[i % len(CATALOG)]
-        image, parts = render_object(name, (640, 480), rng)
-        spec = CATALOG[name][i % 2]
-        # LISA's task instructions are a sentence or two: repeat ours to about that length.
-        (
-            images.append(image),
-            texts.append(" ".join([instructions_for(name, spec, rng)[0]] * 4)),
-            masks.append(parts[spec.part]),
-        )
-    return processor(images=images, text=texts, masks=masks if with_masks else None), images, texts
 
-
-def timed(fn, repeats, warmup, device):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _size(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
-    if not args.tiny and device.type != "cuda":
-        print("no CUDA device: run with --tiny for a CPU sanity check", file=sys.stderr)
+    if not args.tiny and not torch.cuda.is_available():
+        print(
+            "bench/gpu_check.sh needs a CUDA GPU and this machine has none; "
+            "`bash bench/gpu_check.sh --tiny` runs the same steps with tiny components on CPU",
+            file=sys.stderr,
+        )
         return 2
-    dtype = torch.float32 if args.tiny else torch.bfloat16
+    device = torch.device("cpu" if args.tiny else "cuda")
     if args.tiny:
         torch.set_num_threads(1)
-    start = time.perf_counter()
-    model, processor = build(args, device, dtype)
-    params = sum(p.numel() for p in model.parameters())
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    print(
-        f"device {device} dtype {dtype}; {params / 1e9:.3f} B parameters, "
-        f"{sum(p.numel() for p in trainable) / 1e6:.2f} M trainable (LoRA r={args.lora_rank}); "
-        f"built in {time.perf_counter() - start:.1f} s"
-    )
-    if args.gradient_checkpointing:
-        model.activation_checkpointing_enable()
-    rng = np.random.default_rng(0)
+    from instructpart_dataset import load_instructpart
+    from instructpart_dataset.synthetic import make_release
+    from pisa_model import PisaConfig, PisaForPartSegmentation
+    from pisa_model.adapters.pisa import PisaAdapter
+    from pisa_model.budget import GIB, estimate
+    from pisa_model.evaluate import evaluate_model
+    from pisa_model.testing import REAL_STORED_DTYPES, save_tiny_components
 
-    # --- training step -----------------------------------------------------------------------------------
-    batch, _, _ = batch_of(processor, args.train_batch, rng, with_masks=True)
-    inputs = model.prepare_inputs(batch)
-    print(
-        f"train batch {args.train_batch}: sequence length {inputs['input_ids'].shape[1]}, "
-        f"mask input {tuple(inputs['mask_pixel_values'].shape[-2:])}"
-    )
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    model.train()
-
-    def pisa_step():
-        loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def llava_step():  # the floor: the same LLaVA, LM loss only
-        out = model.llava(
-            input_ids=inputs["input_ids"],
-            pixel_values=inputs["pixel_values"],
-            attention_mask=inputs["attention_mask"],
-            labels=inputs["labels"],
-            use_cache=False,
+    work = args.work_dir or tempfile.mkdtemp(prefix="pisa-gpu-check-")
+    os.makedirs(work, exist_ok=True)
+    os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(work, "datasets-cache"))
+    failures = []
+    try:
+        started = time.perf_counter()
+        if args.tiny:
+            components = save_tiny_components(os.path.join(work, "components"), dtypes=REAL_STORED_DTYPES)
+            mask_input_size = 64  # the tiny DINOv2's own size; the real default is 896
+        else:
+            components = save_full_size_components(os.path.join(work, "components"), device)
+            mask_input_size = None
+        print(
+            f"components ({'tiny' if args.tiny else 'full size'}, LLaVA float16, DINOv2 float32, SAM float32) "
+            f"saved in {time.perf_counter() - started:.0f} s"
         )
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        release = make_release(os.path.join(work, "release"), seed=0, num_train=24, num_test=args.test_rows)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    floor = timed(llava_step, args.repeats, args.warmup, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    step = timed(pisa_step, args.repeats, args.warmup, device)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    print(
-        f"train step: {args.train_batch / step:.2f} samples/s ({step * 1e3:.0f} ms); "
-        f"{step / floor:.2f}x the LLaVA-only step ({floor * 1e3:.0f} ms); peak memory {peak:.1f} GiB"
-    )
+        output = os.path.join(work, "trained")
+        shutil.rmtree(output, ignore_errors=True)
+        started = time.perf_counter()
+        metrics, closing = train(args, components, release, output, mask_input_size)
+        losses = [line["loss"] for line in metrics]
+        finite = all(math.isfinite(value) for value in losses)
+        if not finite:
+            failures.append("a training loss is not finite")
+        print(f"train command: {time.perf_counter() - started:.0f} s wall (launch and loading included)")
+        print(f"train losses: {', '.join(f'{value:.4f}' for value in losses)}; finite: {'yes' if finite else 'no'}")
+        print(f"train: {closing.removeprefix('pisa_model.train: trained ')}")
 
-    # --- predict -----------------------------------------------------------------------------------------
-    model.eval()
-    optimizer = None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    _, images, texts = batch_of(processor, args.predict_batch, rng, with_masks=False)
-    pred_inputs = model.prepare_inputs(processor(images=images, text=texts))
+        config = PisaConfig.from_pretrained(output)
+        budget = estimate(config, batch_size=2, mixed_precision="bf16")
+        measured = re.search(r"peak GPU memory ([0-9.]+) GiB", closing)
+        print(
+            f"budget estimate for these flags: {_size(budget.total_bytes)} (weights {_size(budget.weight_bytes)}, "
+            f"gradients {_size(budget.gradient_bytes)}, optimizer {_size(budget.optimizer_bytes)}, activations "
+            f"{_size(budget.activation_bytes)}); measured training peak: "
+            + (f"{float(measured.group(1)):.2f} GiB" if measured else "n/a (no GPU)")
+        )
 
-    def llava_forward():
-        with torch.inference_mode():
-            model.llava.model(
-                input_ids=pred_inputs["input_ids"],
-                pixel_values=pred_inputs["pixel_values"],
-                attention_mask=pred_inputs["attention_mask"],
-                use_cache=False,
+        # As `pisa_model.evaluate --dtype bfloat16` loads it (the checkpoint itself says float32: it mixes dtypes).
+        model = PisaForPartSegmentation.from_pretrained(output, dtype=torch.bfloat16).to(device).eval()
+        dataset = load_instructpart(release, config="trps", split="test")
+        dataset = dataset.select(range(min(args.test_rows, len(dataset))))
+        for generate in (False, True):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            adapter = PisaAdapter(model, name="trained", generate=generate)
+            folder = os.path.join(work, f"predictions-{adapter.answer_mode}")
+            scorer, extras = evaluate_model(
+                adapter, dataset, batch_size=8, prediction_dir=folder, progress=False, num_workers=2
             )
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    floor = timed(llava_forward, args.repeats, args.warmup, device)
-    masks = []
-    predict = timed(
-        lambda: masks.append(model.predict(images, texts, batch_size=args.predict_batch, processor=processor)),
-        args.repeats,
-        args.warmup,
-        device,
-    )
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    shapes_ok = all(m.shape == (480, 640) and m.dtype == bool for m in masks[-1])
-    print(
-        f"predict (end to end, processor included): {args.predict_batch / predict:.2f} samples/s "
-        f"({predict * 1e3:.0f} ms per batch of {args.predict_batch}); {predict / floor:.2f}x the LLaVA-only "
-        f"forward ({floor * 1e3:.0f} ms); peak memory {peak:.1f} GiB; masks at original size: {shapes_ok}"
-    )
-    return 0 if shapes_ok else 1
+            peak = f"{torch.cuda.max_memory_allocated() / GIB:.2f} GiB" if device.type == "cuda" else "n/a (no GPU)"
+            line = (
+                f"predict ({adapter.answer_mode}): {extras['rows_per_second']:.2f} samples/s over {len(scorer)} rows; "
+                f"peak GPU memory {peak}; gIoU {100 * scorer.compute()['gIoU']:.2f}"
+            )
+            if generate:
+                with_seg = sum(record["has_seg"] for record in extras["records"])
+                line += f"; answers with [SEG]: {with_seg}/{len(extras['records'])}"
+                line += f"; first answer: {extras['records'][0]['answer']!r}"
+            print(line)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if failures:
+        print("FAILED: " + "; ".join(failures), file=sys.stderr)
+        return 1
+    print("gpu check: ok")
+    return 0
 
 
 if __name__ == "__main__":

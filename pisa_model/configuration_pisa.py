@@ -13,6 +13,9 @@ from transformers.configuration_utils import SubConfigSpec
 FUSION_MODES = ("sum", "concat")
 # DINOv2-L has 24 layers; LISA-style multi-level fusion takes every sixth one (1-based hidden-state indices).
 DEFAULT_FEATURE_LAYERS = (6, 12, 18, 24)
+# SAM's mask decoder was trained on a 64x64 image embedding (1024 px / patch 16), giving 256x256 low-res masks;
+# DINOv2's patch 14 needs a 896 px input for the same grid.
+DEFAULT_MASK_INPUT_SIZE = 896
 
 
 @strict
@@ -40,10 +43,15 @@ class PisaConfig(PreTrainedConfig):
             SAM's prompt encoder (only its dense "no mask" embedding and positional encoding are used; frozen).
         mask_decoder_config (`SamMaskDecoderConfig` or `dict`, *optional*):
             SAM's mask decoder, run with a single mask output.
-        mask_input_size (`int`, *optional*, defaults to 448):
+        mask_input_size (`int`, *optional*, defaults to 896):
             Side of the square, padded DINOv2 input: images are resized so that their longest side is this
-            long, then padded bottom/right. Must be a multiple of the DINOv2 patch size; the decoder's low-res
-            masks are `4 * mask_input_size / patch_size` pixels wide.
+            long, then padded bottom/right. Must be a multiple of the DINOv2 patch size; the decoder's image
+            embedding is `mask_input_size / patch_size` wide and its low-res masks 4 times that. The default,
+            896 = 64 x 14, gives DINOv2-L the 64x64 grid SAM's pretrained decoder works on (256x256 masks). The
+            mask loss compares the low-res logits, upsampled bilinearly, with the ground truth resized (nearest)
+            to this full input resolution rather than to the logits' 256 px: InstructPart's images are mostly
+            2000 px on the longest side, so a part is shrunk at most 2.2x (4.5x at 448 px, 7.8x at 256 px) and
+            small or thin parts keep pixels in the target instead of vanishing from it.
         seg_token_id (`int`, *optional*):
             Id of the `[SEG]` token in the tokenizer.
         text_projection_dropout (`float`, *optional*, defaults to 0.0):
@@ -80,7 +88,7 @@ class PisaConfig(PreTrainedConfig):
     mask_decoder_config: dict | PreTrainedConfig | None = None
     dinov2_feature_layers: list[int] | tuple[int, ...] | None = None
     feature_fusion: str = "sum"  # checked in __post_init__, for a ValueError naming the choices
-    mask_input_size: int = 448
+    mask_input_size: int = DEFAULT_MASK_INPUT_SIZE
     seg_token_id: int | None = None
     text_projection_dropout: float = 0.0
     ce_loss_weight: float = 1.0
@@ -145,4 +153,4 @@ class PisaConfig(PreTrainedConfig):
 
 PisaConfig.register_for_auto_class("AutoConfig")
 
-__all__ = ["PisaConfig"]
+__all__ = ["DEFAULT_MASK_INPUT_SIZE", "PisaConfig"]

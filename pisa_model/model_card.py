@@ -113,8 +113,13 @@ def _evaluation_section(results_by_file: dict, name: str, compare_published: boo
         )
     lines = []
     for results in results_by_file.values():
+        # Results written before generated answers existed were teacher-forced: it was the only mode.
+        answer_mode = (results.get("provenance") or {}).get("answer_mode", "teacher-forced")
         lines += [
-            "Scored by `pisa_model.evaluate`; percentages, columns as in the paper:",
+            f"Scored by `pisa_model.evaluate` with the answer {answer_mode}; percentages, columns as in the paper. "
+            'Teacher-forced: the trained answer "Sure, it is [SEG]." is fed in and the mask read from its `[SEG]`, '
+            "as in LISA's validation; generated: the model writes its answer greedily and an answer without `[SEG]` "
+            "scores an empty mask (`--adapter-arg generate=true`).",
             "",
             "| task | instruction type | gIoU | cIoU | P@50:95 | P@50 | N |",
             "|---|---|---:|---:|---:|---:|---:|",

@@ -10,7 +10,9 @@ This file travels with saved checkpoints (`trust_remote_code=True`): it imports
 only torch, transformers and its sibling files (peft only when LoRA is on).
 """
 
+import contextlib
 import copy
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -30,8 +32,12 @@ from transformers import (
 from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPositionalEmbedding, SamPromptEncoder
 from transformers.utils import ModelOutput
 
-from .configuration_pisa import PisaConfig
+from .configuration_pisa import DEFAULT_MASK_INPUT_SIZE, PisaConfig
 from .processing_pisa import PisaProcessor, as_image_batch, as_rgb_image
+
+# The logit given to every pixel of an answer that holds no [SEG]: sigmoid(-1e4) is 0 in float32, so the mask is
+# empty at any threshold >= -1e4 and its bilinear resizing stays finite.
+NO_MASK_LOGIT = -1.0e4
 
 
 @dataclass
@@ -63,6 +69,24 @@ class PisaSegmentationOutput(ModelOutput):
     iou_scores: torch.FloatTensor | None = None
     seg_embeddings: torch.FloatTensor | None = None
     image_embeddings: torch.FloatTensor | None = None
+
+
+@dataclass
+class PisaGenerationOutput(ModelOutput):
+    r"""
+    sequences (`torch.LongTensor` of shape `(batch_size, prompt_length + generated_length)`):
+        The left-padded prompts followed by the greedily generated answers (`generate`'s output).
+    answers (`list[str]`): each generated answer, decoded up to its EOS (the `[SEG]` token kept in the text).
+    has_seg (`torch.BoolTensor` of shape `(batch_size,)`): whether the answer holds a `[SEG]` token.
+    pred_masks (`torch.FloatTensor` of shape `(batch_size, 1, 4 * grid, 4 * grid)`):
+        Low-res mask logits from the state that emitted the answer's first `[SEG]`; `NO_MASK_LOGIT` everywhere
+        for an answer without one (an empty mask).
+    """
+
+    sequences: torch.LongTensor | None = None
+    answers: list | None = None
+    has_seg: torch.BoolTensor | None = None
+    pred_masks: torch.FloatTensor | None = None
 
 
 class PisaFeatureNeck(nn.Module):
@@ -125,6 +149,63 @@ def masked_bce_dice(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Te
     denominator = (probs / scale).sum(-1) + (targets * valid / scale).sum(-1)
     dice = 1 - (numerator + eps) / (denominator + eps)
     return bce.mean(), dice.mean()
+
+
+def read_sam_prompt_weights(sam: str) -> tuple:
+    """`(SamConfig, {"prompt_encoder": state_dict, "mask_decoder": state_dict})` from a SAM checkpoint (Hub id or
+    folder), reading only those tensors from its safetensors file(s): the image encoder is never loaded."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    config = SamConfig.from_pretrained(sam)
+    index = cached_file(sam, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    if index is not None:
+        with open(index) as handle:
+            weight_map = json.load(handle)["weight_map"]
+        folder = os.path.dirname(index)
+        files = {key: os.path.join(folder, name) for key, name in weight_map.items()}
+        if not os.path.isdir(sam):  # a Hub repo: fetch only the shards holding the wanted tensors
+            wanted = {n for k, n in weight_map.items() if k.startswith(("prompt_encoder.", "mask_decoder.", "shared"))}
+            for name in wanted:
+                cached_file(sam, name)
+    else:
+        single = cached_file(sam, "model.safetensors", _raise_exceptions_for_missing_entries=False)
+        if single is None:
+            raise ValueError(f"SAM checkpoint {sam!r}: no model.safetensors (weights are read only as safetensors)")
+        with safe_open(single, "pt") as handle:
+            files = dict.fromkeys(handle.keys(), single)
+    parts = {"prompt_encoder": {}, "mask_decoder": {}}
+    for key, path in files.items():
+        part, _, rest = key.partition(".")
+        # Recent checkpoints keep the positional table once, at SamModel level (the prompt encoder's is tied to it).
+        if key == "shared_image_embedding.positional_embedding":
+            part, rest = "prompt_encoder", "shared_embedding.positional_embedding"
+            if f"prompt_encoder.{rest}" in files:
+                continue
+        if part in parts:
+            with safe_open(path, "pt") as handle:
+                parts[part][rest] = handle.get_tensor(key)
+    return config, parts
+
+
+def merge_lora_state_dict(state_dict: dict, scaling: float, adapter: str = "default") -> dict:
+    """A state dict with every LoRA pair folded into its base weight: `W + scaling * B @ A` (computed in float32,
+    stored in W's dtype) under the plain layer's names (`q_proj.weight`), the `lora_` entries dropped."""
+    merged = {}
+    suffix = f".lora_A.{adapter}.weight"
+    layers = {key[: -len(suffix)] for key in state_dict if key.endswith(suffix)}
+    for key, value in state_dict.items():
+        prefix = key.split(".base_layer.")[0] if ".base_layer." in key else None
+        if prefix in layers:
+            merged[key.replace(".base_layer.", ".")] = value
+        elif ".lora_" not in key:
+            merged[key] = value
+    for prefix in layers:
+        base = state_dict[f"{prefix}.base_layer.weight"]
+        lora_a = state_dict[f"{prefix}.lora_A.{adapter}.weight"].float()
+        lora_b = state_dict[f"{prefix}.lora_B.{adapter}.weight"].float()
+        merged[f"{prefix}.weight"] = (base.float() + scaling * lora_b.to(lora_a.device) @ lora_a).to(base.dtype)
+    return merged
 
 
 class PisaPreTrainedModel(PreTrainedModel):
@@ -212,6 +293,46 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         for module in frozen:
             module.requires_grad_(False)
 
+    # --- dtypes ---------------------------------------------------------------------------------------------
+
+    def apply_dtype_policy(self, compute_dtype: torch.dtype = torch.float32) -> "PisaForPartSegmentation":
+        """Trainable parameters in float32, frozen ones in `compute_dtype`; returns the model.
+
+        The optimizer only ever sees float32 master weights (AdamW's eps of 1e-8 underflows in float16, turning a
+        parameter with a zero gradient into NaN), while the frozen bulk (DINOv2, the vision tower, a LoRA model's
+        base weights) takes half the memory in bfloat16 / float16. Such a model runs under autocast to
+        `compute_dtype` (see `autocast_if_mixed`). Buffers are left as they are.
+        """
+        if not compute_dtype.is_floating_point:
+            raise ValueError(f"compute_dtype must be a floating-point dtype, got {compute_dtype}")
+        for param in self.parameters():
+            target = torch.float32 if param.requires_grad else compute_dtype
+            if param.is_floating_point() and param.dtype != target:
+                param.data = param.data.to(target)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype, float32 when they mix dtypes (see `apply_dtype_policy`): `save_pretrained` records
+        it in the config and `from_pretrained` loads every weight in it, so a mixed checkpoint loads losslessly."""
+        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the frozen parts run in: DINOv2's (always frozen). Image inputs are cast to it."""
+        return next(self.dinov2.parameters()).dtype
+
+    def autocast_if_mixed(self):
+        """An autocast to the compute dtype when the parameters hold several floating dtypes and no autocast is
+        active on the model's device; otherwise a no-op context."""
+        device_type = self.device.type
+        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
+        if len(dtypes) < 2 or torch.is_autocast_enabled(device_type):
+            return contextlib.nullcontext()
+        low = self.compute_dtype if self.compute_dtype != torch.float32 else min(dtypes - {torch.float32}, key=str)
+        return torch.autocast(device_type, dtype=low)
+
     def get_input_embeddings(self):
         return self.llava.get_input_embeddings()
 
@@ -271,7 +392,6 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         mask_labels: torch.FloatTensor | None = None,
         reshaped_input_sizes: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
-        **kwargs,
     ) -> PisaSegmentationOutput:
         r"""
         Args:
@@ -285,7 +405,34 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
                 inside the padded square; the mask loss ignores the padding. Without it every pixel counts.
             logits_to_keep (`int`, *optional*, defaults to 0): compute LM logits for the last N positions only
                 (0: all). `predict` uses 1, as only the mask is needed.
+
+        Unknown keyword arguments are refused (a misspelt `mask_label=` would otherwise drop the mask loss). A model
+        holding parameters of several dtypes (see `apply_dtype_policy`) runs under autocast to its compute dtype
+        unless an autocast is already active (Accelerate's mixed precision).
         """
+        with self.autocast_if_mixed():
+            return self._forward(
+                input_ids,
+                pixel_values,
+                mask_pixel_values,
+                attention_mask,
+                labels,
+                mask_labels,
+                reshaped_input_sizes,
+                logits_to_keep,
+            )
+
+    def _forward(
+        self,
+        input_ids,
+        pixel_values,
+        mask_pixel_values,
+        attention_mask,
+        labels,
+        mask_labels,
+        reshaped_input_sizes,
+        logits_to_keep,
+    ) -> PisaSegmentationOutput:
         text_outputs = self.llava.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -363,13 +510,24 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
 
     @torch.inference_mode()
     def predict(
-        self, images, instructions, batch_size: int = 8, processor: PisaProcessor | None = None, progress=False
+        self,
+        images,
+        instructions,
+        batch_size: int = 8,
+        processor: PisaProcessor | None = None,
+        progress=False,
+        generate: bool = False,
+        max_new_tokens: int = 32,
+        return_answers: bool = False,
     ):
         r"""
         Segment the part each instruction asks for.
 
-        The answer is teacher-forced ("Sure, it is [SEG]." is appended, as in training) rather than generated: one
-        batched forward pass, identical to greedy generation whenever the model emits its trained answer.
+        By default the answer is teacher-forced ("Sure, it is [SEG]." is appended, as in training and in LISA's
+        validation): one batched forward pass, identical to greedy generation whenever the model emits its trained
+        answer. With `generate=True` the answer is generated greedily (at most `max_new_tokens` tokens) and the mask
+        comes from the state that emitted its first `[SEG]`, as in LISA's chat; an answer without `[SEG]` gives an
+        all-False mask. See `generate_segmentation`.
 
         Args:
             images (`list[PIL.Image.Image]` or `list[np.ndarray]`): PIL images of any mode, or uint8 (H, W, 3)
@@ -380,9 +538,13 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
             batch_size (`int`, *optional*, defaults to 8).
             processor (`PisaProcessor`, *optional*): defaults to `get_processor()`.
             progress (`bool`, *optional*): show a tqdm bar.
+            generate (`bool`, *optional*, defaults to `False`): generate the answer instead of teacher-forcing it.
+            max_new_tokens (`int`, *optional*, defaults to 32): the bound on a generated answer's length.
+            return_answers (`bool`, *optional*): also return the answers (the fixed answer when teacher-forced).
 
         Returns:
-            `list[np.ndarray]`: one bool (H, W) mask per image, at the (upright) image's size (logit > 0).
+            `list[np.ndarray]`: one bool (H, W) mask per image, at the (upright) image's size (logit > 0); with
+            `return_answers=True`, `(masks, answers)`.
         """
         processor = processor if processor is not None else self.get_processor()
         images, instructions = as_image_batch(images, instructions)
@@ -390,6 +552,8 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         # Every image is checked (and made upright RGB) before the first batch runs.
         images = [as_rgb_image(image, f"image {index}") for index, image in enumerate(images)]
+        if generate and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         was_training = self.training
         self.eval()
         starts = range(0, len(images), batch_size)
@@ -397,7 +561,7 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="predict", unit="batch")
-        masks = []
+        masks, answers = [], []
         try:
             for start in starts:
                 batch = processor(
@@ -405,18 +569,100 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
                     text=instructions[start : start + batch_size],
                     max_length=self.config.text_config.max_position_embeddings,
                 )
-                outputs = self(**self.prepare_inputs(batch), logits_to_keep=1)
+                if generate:
+                    outputs = self.generate_segmentation(batch, processor, max_new_tokens=max_new_tokens)
+                    answers += outputs.answers
+                else:
+                    outputs = self(**self.prepare_inputs(batch), logits_to_keep=1)
+                    answers += [processor.answer.strip()] * len(batch["input_ids"])
                 for mask in processor.post_process_masks(
                     outputs.pred_masks, batch["original_sizes"], batch["reshaped_input_sizes"]
                 ):
                     masks.append(mask.cpu().numpy().astype(bool))
         finally:
             self.train(was_training)
-        return masks
+        return (masks, answers) if return_answers else masks
+
+    @torch.inference_mode()
+    def generate_segmentation(self, batch, processor: PisaProcessor, max_new_tokens: int = 32) -> PisaGenerationOutput:
+        r"""
+        Generate each answer greedily, then segment from the state that emitted its first `[SEG]`.
+
+        The prompts are cut out of the processor's teacher-forced sequences (prompt + answer + EOS, right-padded)
+        and left-padded for batched generation. Each answer is cut after its first `[SEG]`, appended to its
+        prompt, and the sequences (right-padded, as in training) go through `forward`: the `[SEG]` state is then
+        computed exactly as in teacher forcing, so a generated answer equal to the trained one gives the
+        teacher-forced mask.
+
+        Args:
+            batch (`BatchFeature`): `processor(images=..., text=...)`'s output (no masks needed).
+            processor (`PisaProcessor`): the processor that built `batch`.
+            max_new_tokens (`int`, *optional*, defaults to 32): the bound on each answer's length.
+        """
+        tokenizer = processor.tokenizer
+        eos_id = tokenizer.eos_token_id
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+        seg_id = self.config.seg_token_id
+        inputs = self.prepare_inputs(batch)
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        # The processor appends the same answer ids + EOS to every prompt (see PisaProcessor._tokenize).
+        answer_length = len(tokenizer(processor.answer, add_special_tokens=False)["input_ids"]) + 1
+        prompts = [row[: int(n) - answer_length] for row, n in zip(input_ids, attention_mask.sum(dim=1))]
+        width = max(len(p) for p in prompts)
+        prompt_ids = input_ids.new_full((len(prompts), width), pad_id)
+        prompt_mask = torch.zeros_like(prompt_ids)
+        for row, prompt in enumerate(prompts):
+            prompt_ids[row, width - len(prompt) :] = prompt
+            prompt_mask[row, width - len(prompt) :] = 1
+        with self.autocast_if_mixed():
+            sequences = self.llava.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                pixel_values=inputs["pixel_values"],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+            )
+        answers, segmented, has_seg = [], [], []
+        for row, tokens in enumerate(sequences[:, width:].tolist()):
+            if eos_id in tokens:
+                tokens = tokens[: tokens.index(eos_id)]
+            answers.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+            has_seg.append(seg_id in tokens)
+            if has_seg[-1]:
+                answer = torch.as_tensor(tokens[: tokens.index(seg_id) + 1], device=input_ids.device)
+                segmented.append((row, torch.cat([prompts[row], answer])))
+
+        size = 4 * self.config.mask_grid_size
+        pred_masks = torch.full((len(prompts), 1, size, size), NO_MASK_LOGIT, device=input_ids.device)
+        if segmented:
+            rows = [row for row, _ in segmented]
+            length = max(len(ids) for _, ids in segmented)
+            seg_ids = input_ids.new_full((len(rows), length), pad_id)
+            seg_mask = torch.zeros_like(seg_ids)
+            for position, (_, ids) in enumerate(segmented):
+                seg_ids[position, : len(ids)] = ids
+                seg_mask[position, : len(ids)] = 1
+            outputs = self(
+                input_ids=seg_ids,
+                attention_mask=seg_mask,
+                pixel_values=inputs["pixel_values"][rows],
+                mask_pixel_values=inputs["mask_pixel_values"][rows],
+                logits_to_keep=1,
+            )
+            pred_masks[rows] = outputs.pred_masks.float()
+        return PisaGenerationOutput(
+            sequences=sequences,
+            answers=answers,
+            has_seg=torch.as_tensor(has_seg, dtype=torch.bool),
+            pred_masks=pred_masks,
+        )
 
     def prepare_inputs(self, batch) -> dict:
-        """Move a processor batch to the model's device, floating-point inputs to the model's dtype."""
-        device, dtype = self.device, self.dtype
+        """Move a processor batch to the model's device, image inputs to its compute dtype (`compute_dtype`)."""
+        device, dtype = self.device, self.compute_dtype
         keep = (
             "input_ids",
             "attention_mask",
@@ -492,12 +738,37 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
                 raise ValueError(f"{where}: the checkpoint's processor does not load ({reason})") from None
         return (model, info) if wants_info else model
 
-    def save_pretrained(self, save_directory, is_main_process: bool = True, push_to_hub: bool = False, **kwargs):
+    def save_pretrained(
+        self,
+        save_directory,
+        is_main_process: bool = True,
+        push_to_hub: bool = False,
+        merge_lora: bool = False,
+        **kwargs,
+    ):
         """`PreTrainedModel.save_pretrained`, plus the custom pipeline's code and the attached processor.
+
+        With `merge_lora=True` a LoRA model is written merged, for inference: every adapter is folded into its base
+        weight (`W + lora_alpha / lora_rank * B @ A`, see `merge_lora_state_dict`) and the saved config has
+        `lora_rank=0`, so the checkpoint loads without peft (its whole language model is then trainable again).
+        The model in memory is not changed. Without LoRA the flag changes nothing.
 
         With `push_to_hub=True` the complete folder is uploaded afterwards through `push_to_hub` (which saves
         again into a temporary folder), so that the pipeline and processor files travel too.
         """
+        if merge_lora and self.config.lora_rank > 0:
+            if push_to_hub:
+                raise ValueError("merge_lora=True with push_to_hub=True: save merged to a folder, then upload it")
+            state_dict = kwargs.pop("state_dict", None)
+            state_dict = state_dict if state_dict is not None else self.state_dict()
+            scaling = self.config.lora_alpha / self.config.lora_rank
+            kwargs["state_dict"] = merge_lora_state_dict(state_dict, scaling)
+            rank = self.config.lora_rank
+            self.config.lora_rank = 0
+            try:
+                return self.save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+            finally:
+                self.config.lora_rank = rank
         from transformers.dynamic_module_utils import custom_object_save
 
         from .pipeline_pisa import PIPELINE_TASK, PisaPartSegmentationPipeline, pipeline_registration
@@ -532,7 +803,7 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         *,
         dinov2_feature_layers=None,
         feature_fusion: str = "sum",
-        mask_input_size: int = 448,
+        mask_input_size: int = DEFAULT_MASK_INPUT_SIZE,
         dtype: torch.dtype | None = None,
         **config_kwargs,
     ) -> "PisaForPartSegmentation":
@@ -541,20 +812,20 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         `facebook/dinov2-large`, `facebook/sam-vit-huge`.
 
         LLaVA and its processor are loaded whole; `[SEG]` is added to the tokenizer and the embeddings resized; DINOv2
-        is loaded as a frozen backbone on `dinov2_feature_layers`; SAM's prompt-encoder and mask-decoder weights are
-        copied. The feature neck and text projection start from random. The returned model has `processor` set.
-        Extra keyword arguments go to `PisaConfig` (e.g. `lora_rank=8`).
-        """
-        from transformers import (
-            AddedToken,
-            AutoImageProcessor,
-            AutoProcessor,
-            Dinov2Config,
-            SamImageProcessorPil,
-            SamModel,
-        )
+        is loaded as a frozen backbone on `dinov2_feature_layers`; of SAM only the prompt-encoder and mask-decoder
+        tensors are read from its safetensors (not the 632 M-parameter image encoder). The feature neck and text
+        projection start from random. The returned model has `processor` set. Extra keyword arguments go to
+        `PisaConfig` (e.g. `lora_rank=8`).
 
-        llava_model = AutoModelForImageTextToText.from_pretrained(llava, dtype=dtype)
+        Dtypes: the parts are stored in different dtypes (llava-hf's LLaVA in float16, DINOv2 and SAM in float32).
+        Whatever they are, the model follows `apply_dtype_policy(dtype)`: trainable parameters in float32, frozen
+        ones in `dtype`. `dtype=None` means float32 throughout (exact, and what a CPU runs); pass `torch.bfloat16`
+        for a GPU (what `pisa_model.train --mixed-precision bf16` does), which halves the frozen weights.
+        """
+        from transformers import AddedToken, AutoImageProcessor, AutoProcessor, Dinov2Config, SamImageProcessorPil
+
+        compute_dtype = torch.float32 if dtype is None else dtype
+        llava_model = AutoModelForImageTextToText.from_pretrained(llava, dtype=compute_dtype)
         llava_processor = AutoProcessor.from_pretrained(llava)
         tokenizer = llava_processor.tokenizer
         image_token = getattr(llava_processor, "image_token", "<image>")
@@ -567,6 +838,7 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         if len(tokenizer) > llava_model.get_input_embeddings().weight.shape[0]:
             llava_model.resize_token_embeddings(len(tokenizer))
 
+        sam_config, sam_weights = read_sam_prompt_weights(sam)
         # The composite config gets copies: building it resets the attention implementation of the sub-configs.
         dinov2_config = Dinov2Config.from_pretrained(dinov2)
         config = PisaConfig(
@@ -576,18 +848,18 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
             feature_fusion=feature_fusion,
             mask_input_size=mask_input_size,
             seg_token_id=tokenizer.convert_tokens_to_ids("[SEG]"),
+            prompt_encoder_config=copy.deepcopy(sam_config.prompt_encoder_config),
+            mask_decoder_config=copy.deepcopy(sam_config.mask_decoder_config),
             **config_kwargs,
         )
-        dinov2_model = Dinov2Backbone.from_pretrained(dinov2, out_indices=config.dinov2_feature_layers, dtype=dtype)
-        sam_model = SamModel.from_pretrained(sam, dtype=dtype)
-        config.prompt_encoder_config = copy.deepcopy(sam_model.config.prompt_encoder_config)
-        config.mask_decoder_config = copy.deepcopy(sam_model.config.mask_decoder_config)
+        dinov2_model = Dinov2Backbone.from_pretrained(
+            dinov2, out_indices=config.dinov2_feature_layers, dtype=compute_dtype
+        )
 
         model = cls(config, llava=llava_model, dinov2=dinov2_model)
-        model.prompt_encoder.load_state_dict(sam_model.prompt_encoder.state_dict())
-        model.mask_decoder.load_state_dict(sam_model.mask_decoder.state_dict())
-        if dtype is not None:
-            model.to(dtype)
+        for name, module in (("prompt_encoder", model.prompt_encoder), ("mask_decoder", model.mask_decoder)):
+            module.load_state_dict(sam_weights[name], strict=True)
+        model.apply_dtype_policy(compute_dtype)
 
         dinov2_processor = AutoImageProcessor.from_pretrained(dinov2)
         mask_image_processor = SamImageProcessorPil(
@@ -636,4 +908,13 @@ def _has_saved_processor(where: str) -> bool:
 
 PisaForPartSegmentation.register_for_auto_class("AutoModel")
 
-__all__ = ["PisaForPartSegmentation", "PisaPreTrainedModel", "PisaSegmentationOutput", "masked_bce_dice"]
+__all__ = [
+    "NO_MASK_LOGIT",
+    "PisaForPartSegmentation",
+    "PisaGenerationOutput",
+    "PisaPreTrainedModel",
+    "PisaSegmentationOutput",
+    "masked_bce_dice",
+    "merge_lora_state_dict",
+    "read_sam_prompt_weights",
+]

@@ -12,6 +12,10 @@ Images are read as `PisaForPartSegmentation.predict` reads them (`PisaProcessor`
 uint8 (H, W, 3) arrays, local paths (opened without conversion) or URLs; an EXIF-rotated photo is made upright
 and its mask has the upright size. `threshold` is a mask *logit* (default 0.0, i.e. probability 0.5): a pixel
 is foreground where the logit exceeds it.
+
+With `generate=True` (and optionally `max_new_tokens=32`) the answer is generated instead of teacher-forced (see
+`PisaForPartSegmentation.generate_segmentation`) and each result also holds `"answer"`: the generated text. An
+answer without `[SEG]` gives an empty mask.
 """
 
 import os
@@ -40,10 +44,15 @@ class PisaPartSegmentationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def _sanitize_parameters(self, instruction=None, threshold=None, **kwargs):
+    def _sanitize_parameters(self, instruction=None, threshold=None, generate=None, max_new_tokens=None, **kwargs):
         preprocess = {"instruction": instruction} if instruction is not None else {}
         postprocess = {"threshold": threshold} if threshold is not None else {}
-        return preprocess, {}, postprocess
+        forward = {}
+        if generate is not None:
+            forward["generate"] = bool(generate)
+        if max_new_tokens is not None:
+            forward["max_new_tokens"] = int(max_new_tokens)
+        return preprocess, forward, postprocess
 
     def __call__(self, inputs, instruction=None, **kwargs):
         return super().__call__(inputs, instruction=instruction, **kwargs)
@@ -70,14 +79,20 @@ class PisaPartSegmentationPipeline(Pipeline):
         batch["instruction"] = instruction
         return batch
 
-    def _forward(self, model_inputs):
+    def _forward(self, model_inputs, generate=False, max_new_tokens=32):
         instruction = model_inputs.pop("instruction")
-        outputs = self.model(**self.model.prepare_inputs(model_inputs), logits_to_keep=1)
+        answer = None
+        if generate:
+            outputs = self.model.generate_segmentation(model_inputs, self.processor, max_new_tokens=max_new_tokens)
+            answer = outputs.answers[0]
+        else:
+            outputs = self.model(**self.model.prepare_inputs(model_inputs), logits_to_keep=1)
         return {
             "pred_masks": outputs.pred_masks,
             "original_sizes": model_inputs["original_sizes"],
             "reshaped_input_sizes": model_inputs["reshaped_input_sizes"],
             "instruction": instruction,
+            "answer": answer,
         }
 
     def postprocess(self, model_outputs, threshold=0.0):
@@ -90,7 +105,10 @@ class PisaPartSegmentationPipeline(Pipeline):
         mask = logits > threshold
         score = float(torch.sigmoid(logits[mask]).mean()) if bool(mask.any()) else 0.0
         image = Image.fromarray(mask.numpy().astype(np.uint8) * 255, mode="L")
-        return [{"label": model_outputs["instruction"], "score": score, "mask": image}]
+        result = {"label": model_outputs["instruction"], "score": score, "mask": image}
+        if model_outputs.get("answer") is not None:
+            result["answer"] = model_outputs["answer"]
+        return [result]
 
 
 def _open_image(path_or_url: str) -> Image.Image:

@@ -32,6 +32,8 @@ from .modeling_pisa import PisaForPartSegmentation
 from .processing_pisa import DEFAULT_ANSWER, DEFAULT_PROMPT_TEMPLATE, PisaProcessor
 
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>"]
+# How llava-hf/llava-1.5-7b-hf, facebook/dinov2-large and facebook/sam-vit-huge store their weights.
+REAL_STORED_DTYPES = {"llava": torch.float16, "dinov2": torch.float32, "sam": torch.float32}
 IMAGE_TOKEN, SEG_TOKEN = "<image>", "[SEG]"
 TINY_LLAVA_IMAGE_SIZE = 28  # 2x2 CLIP patches of 14 -> 4 image tokens
 TINY_MASK_INPUT_SIZE = 64  # 8x8 DINOv2 patches of 8 -> 32x32 low-res masks
@@ -192,10 +194,14 @@ def save_tiny_pisa(folder: str, seed: int = 0, **config_overrides) -> str:
     return folder
 
 
-def save_tiny_components(folder: str, seed: int = 0):
+def save_tiny_components(folder: str, seed: int = 0, dtypes: dict | None = None):
     """Save tiny random LLaVA (+ its processor, tokenizer without [SEG]), DINOv2 (+ image processor) and SAM
     checkpoints under `folder`, laid out like llava-hf/llava-1.5-7b-hf, facebook/dinov2-large and
-    facebook/sam-vit-huge, for `PisaForPartSegmentation.from_components`. Returns the three folders."""
+    facebook/sam-vit-huge, for `PisaForPartSegmentation.from_components`. Returns the three folders.
+
+    `dtypes` maps "llava" / "dinov2" / "sam" to the dtype each is stored in (default float32);
+    `REAL_STORED_DTYPES` are the real checkpoints' (LLaVA float16, DINOv2 and SAM float32)."""
+    dtypes = {**dict.fromkeys(("llava", "dinov2", "sam"), torch.float32), **(dtypes or {})}
     from transformers import (
         BitImageProcessorPil,
         Dinov2Model,
@@ -228,6 +234,7 @@ def save_tiny_components(folder: str, seed: int = 0):
                 mask_decoder_config=TINY_MASK_DECODER,
             )
         )
+    llava, dinov2, sam = llava.to(dtypes["llava"]), dinov2.to(dtypes["dinov2"]), sam.to(dtypes["sam"])
     llava.save_pretrained(llava_path)
     LlavaProcessor(
         image_processor=tiny_processor().image_processor,
@@ -260,6 +267,7 @@ class _seeded:
 
 
 __all__ = [
+    "REAL_STORED_DTYPES",
     "save_tiny_components",
     "save_tiny_pisa",
     "tiny_pisa",

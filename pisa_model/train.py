@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 try:
     import fcntl
@@ -59,6 +60,8 @@ RUN_SETTINGS = (
     "mixed_precision",
     "lora_rank",
     "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
     "feature_fusion",
     "mask_input_size",
     "dinov2_layers",
@@ -93,10 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
     parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on the language model (new models only)")
+    parser.add_argument(
+        "--lora-rank",
+        type=int,
+        default=None,
+        help="LoRA rank on the language model (new models only); default: LISA's 8 with --from-components, 0 "
+        "with --init-from tiny; 0 = full fine-tuning of the language model",
+    )
     parser.add_argument("--lora-alpha", type=int, default=16)
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--lora-target-modules", default="q_proj,v_proj", help="comma-separated module names")
     parser.add_argument("--feature-fusion", default="sum", choices=("sum", "concat"), help="new models only")
-    parser.add_argument("--mask-input-size", type=int, default=448, help="--from-components only")
+    parser.add_argument(
+        "--mask-input-size", type=int, default=None, help="--from-components only (default 896: SAM's 64x64 grid)"
+    )
     parser.add_argument(
         "--dinov2-layers", default=None, help="comma-separated DINOv2 hidden-state indices (--from-components)"
     )
@@ -275,10 +288,39 @@ class StepStreamSampler(Sampler):
             step += 1
 
 
+# The dtype of the frozen parts for each --mixed-precision; trainable parameters stay float32 (master weights).
+COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _apply_lisa_defaults(args):
+    """LISA's recipe for pretrained parts (LoRA r=8 on q_proj/v_proj): full fine-tuning of the 6.7 B language model
+    does not fit an 80 GB GPU, so it is only done when asked (`--lora-rank 0`)."""
+    if args.lora_rank is None:
+        args.lora_rank = 8 if args.from_components else 0
+    if args.mask_input_size is None:
+        from .configuration_pisa import DEFAULT_MASK_INPUT_SIZE
+
+        args.mask_input_size = DEFAULT_MASK_INPUT_SIZE
+    return args
+
+
+def _lora_options(args) -> dict:
+    targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
+    if not targets:
+        raise ValueError("--lora-target-modules names no module")
+    return {
+        "lora_rank": args.lora_rank,
+        "lora_alpha": args.lora_alpha,
+        "lora_dropout": args.lora_dropout,
+        "lora_target_modules": targets,
+    }
+
+
 def _build_model(args):
-    """(model, processor, how it was built)."""
+    """(model, processor, how it was built), its parameters following the dtype policy of --mixed-precision."""
     from .modeling_pisa import PisaForPartSegmentation
 
+    compute_dtype = COMPUTE_DTYPES[args.mixed_precision]
     init_from = "tiny" if args.tiny else args.init_from
     if args.from_components:
         parts = [p.strip() for p in args.from_components.split(",")]
@@ -290,21 +332,22 @@ def _build_model(args):
             dinov2_feature_layers=layers,
             feature_fusion=args.feature_fusion,
             mask_input_size=args.mask_input_size,
-            lora_rank=args.lora_rank,
-            lora_alpha=args.lora_alpha,
+            dtype=compute_dtype,
+            **_lora_options(args),
         )
-        return model, model.processor, f"components {args.from_components}"
-    if init_from == "tiny":
+        model, processor, origin = model, model.processor, f"components {args.from_components}"
+    elif init_from == "tiny":
         from .testing import tiny_pisa
 
-        model, processor = tiny_pisa(
-            args.seed, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, feature_fusion=args.feature_fusion
-        )
-        return model, processor, "tiny random model"
-    if not os.path.exists(init_from) and os.path.sep in init_from.rstrip(os.path.sep):
-        raise FileNotFoundError(f"--init-from {init_from}: no such checkpoint folder")
-    model = PisaForPartSegmentation.from_pretrained(init_from)
-    return model, model.get_processor(), f"checkpoint {init_from}"
+        model, processor = tiny_pisa(args.seed, feature_fusion=args.feature_fusion, **_lora_options(args))
+        origin = "tiny random model"
+    else:
+        if not os.path.exists(init_from) and os.path.sep in init_from.rstrip(os.path.sep):
+            raise FileNotFoundError(f"--init-from {init_from}: no such checkpoint folder")
+        model = PisaForPartSegmentation.from_pretrained(init_from)
+        model, processor, origin = model, model.get_processor(), f"checkpoint {init_from}"
+    model.apply_dtype_policy(compute_dtype)
+    return model, processor, origin
 
 
 def _latest_checkpoint(output_dir):
@@ -386,6 +429,15 @@ def _check_args(args):
         raise ValueError("choose one starting point: --init-from tiny|CHECKPOINT (or --tiny), or --from-components")
 
 
+def _speed_and_memory(steps, rows_per_step, started, device) -> str:
+    """The closing line: training rows per second (all processes) and this process's peak GPU memory."""
+    seconds = time.perf_counter() - started
+    line = f"{steps} steps in {seconds:.1f} s, {steps * rows_per_step / max(seconds, 1e-9):.2f} samples/s"
+    if device.type == "cuda":
+        line += f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (process 0)"
+    return line
+
+
 def train(args) -> str:
     """Run training as configured by `args` (an argparse Namespace from `parse_args()`, or a list of CLI
     arguments); returns the output folder holding the final model. Refusals (ValueError / OSError, one line)
@@ -403,6 +455,7 @@ def train(args) -> str:
             raise FileNotFoundError(f"--resume-from {resume}: no such checkpoint folder")
         resume_state = _read_state(resume)
         _adopt_run_settings(args, given, resume_state, resume)
+    _apply_lisa_defaults(args)  # after the resume's adoption: a recorded setting wins over the default
     _check_args(args)
     main_rank = _is_main_rank()
     with _output_dir_lock(args.output_dir, enabled=main_rank):
@@ -436,6 +489,9 @@ def _train(args, resume, resume_state) -> str:
     model.train()
 
     trainable = [p for p in model.parameters() if p.requires_grad]
+    low_precision = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
+    if low_precision:  # apply_dtype_policy makes this impossible; AdamW on fp16 weights would silently diverge
+        raise ValueError(f"trainable parameter {low_precision[0]} is {model.get_parameter(low_precision[0]).dtype}")
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     # The prepared scheduler steps once per process per optimizer step: count in those units.
     scheduler = get_scheduler(
@@ -495,6 +551,7 @@ def _train(args, resume, resume_state) -> str:
         disable=args.no_progress or not accelerator.is_local_main_process,
     )
     running = {}
+    started = time.perf_counter()
     for step in range(start_step + 1, args.max_steps + 1):
         for micro in range(args.grad_accum):
             batch = next(batches)
@@ -530,6 +587,9 @@ def _train(args, resume, resume_state) -> str:
         if args.save_steps and step % args.save_steps == 0:
             _save_checkpoint(accelerator, args, step, stream)
     bar.close()
+    if accelerator.is_main_process:
+        speed = _speed_and_memory(args.max_steps - start_step, stream.per_step, started, accelerator.device)
+        print(f"pisa_model.train: trained {speed}", file=sys.stderr)
 
     accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(model)
