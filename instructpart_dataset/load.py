@@ -1,5 +1,6 @@
 """`load_instructpart`: one call for a release folder, an exported Hub folder or a Hub repo id."""
 
+import logging
 import os
 
 import datasets
@@ -45,12 +46,54 @@ def _load_release(path, config, split, cache_dir, num_proc) -> datasets.Dataset:
 
 
 def _load_export(path, config, split, cache_dir) -> datasets.Dataset:
+    # A corrupt file is reported once, in the error raised below, not also in datasets' own log line.
+    parquet_log = logging.getLogger("datasets.packaged_modules.parquet.parquet")
+    level = parquet_log.level
+    parquet_log.setLevel(logging.CRITICAL)
     try:
+        if os.path.isdir(path):
+            # datasets' cache of a local folder survives a file's corruption (it is keyed on the card and
+            # the file names): a damaged file would go unnoticed behind the earlier, intact copy.
+            error = _unreadable_parquet(path, config)
+            if error is not None:
+                raise error
         return datasets.load_dataset(path, config, split=split, cache_dir=cache_dir)
     except ValueError as error:
         if "Unknown split" in str(error) or "Bad split" in str(error):
             raise ValueError(f"{path}: the {config} dataset has no {split!r} split") from None
         raise
+    except datasets.exceptions.DatasetGenerationError as error:
+        raise _unreadable_export(path, config, split, error) from None
+    finally:
+        parquet_log.setLevel(level)
+
+
+def _unreadable_parquet(path, config) -> ValueError | None:
+    """A ValueError naming the first Parquet file of the config's folder (else of `path`) whose footer does
+    not read (a truncated or damaged file), or None. Reads footers only."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    folder = os.path.join(path, config) if os.path.isdir(os.path.join(path, config)) else path
+    for file in sorted(glob.glob(os.path.join(glob.escape(folder), "**", "*.parquet"), recursive=True)):
+        try:
+            pq.read_metadata(file)
+        except Exception as unreadable:  # pyarrow reports a corrupt file through several exception types
+            reason = " ".join(str(unreadable).split())
+            return ValueError(f"{file}: not a readable Parquet file ({type(unreadable).__name__}: {reason})")
+    return None
+
+
+def _unreadable_export(path, config, split, error) -> ValueError:
+    """The one-line reason datasets could not prepare an export's split: the damaged Parquet file where one
+    is found (datasets only logs its name), else the error datasets wrapped."""
+    if os.path.isdir(path):
+        unreadable = _unreadable_parquet(path, config)
+        if unreadable is not None:
+            return unreadable
+    cause = error.__cause__ or error
+    return ValueError(f"{path}: the {config} {split} split cannot be read ({type(cause).__name__}: {cause})")
 
 
 def _torch_masks(batch):

@@ -17,7 +17,6 @@ import argparse
 import io
 import multiprocessing
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -141,6 +140,10 @@ def _run(tasks: list, pool: ProcessPoolExecutor | None) -> list:
 
 
 def score(args: argparse.Namespace) -> int:
+    from instructpart_dataset.cli_errors import check_writable
+
+    if args.json:  # found before the scoring, not after it
+        check_writable(args.json)
     if not os.path.isdir(args.predictions):
         raise FileNotFoundError(f"{args.predictions}: no such predictions folder")
     if args.num_workers < 1:
@@ -157,9 +160,10 @@ def score(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.data_dir}: the {args.config} {args.split} split has no rows")
         tasks, missing = _tasks(rows, args.predictions)
         if missing and not args.missing_as_empty:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
             raise FileNotFoundError(
-                f"missing prediction {missing[0]}{more}; pass --missing-as-empty to score missing files as empty masks"
+                f"{missing[0]}: no such prediction file{more}; pass --missing-as-empty to score missing files "
+                "as empty masks"
             )
         counts = _run(tasks, pool)
     finally:
@@ -188,9 +192,11 @@ def score(args: argparse.Namespace) -> int:
             "missing_as_empty": len(missing),
             **results,
         }
+        from instructpart_dataset.cli_errors import writing
         from instructpart_dataset.files import write_json_atomic
 
-        write_json_atomic(args.json, payload)
+        with writing(args.json):
+            write_json_atomic(args.json, payload)
         print(f"wrote {args.json}")
     return 0
 
@@ -222,10 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list | None = None) -> int:
+    from instructpart_dataset.cli_errors import run_command
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
-        return 1
+    return run_command(f"{PROG} {args.command}", args.handler, args)

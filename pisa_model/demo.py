@@ -31,12 +31,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from instructpart_dataset.cli_errors import check_writable, report_error, run_command
 from instructpart_dataset.files import write_json_atomic
 from instructpart_dataset.schema import CONFIGS
 
+PROG = "python -m pisa_model.demo"
 MARKER = ".instructpart-demo"  # marks a folder this command wrote, so that a rerun may replace it
 BASELINES = ("full-image", "centre-ellipse")
 TINY_PISA = "tiny PISA"
+# Mean relative mask area (mask pixels / image pixels) of the 60 entries of the real test sample, measured
+# (0.0934): a reasonable centre-ellipse area for a release without a train split.
+REAL_TEST_MEAN_AREA = 0.09
 
 
 @dataclass
@@ -158,8 +163,12 @@ def _centre_ellipse(data_dir: str, area: float | None):
         return load_adapter("centre-ellipse", relative_area=area)
     try:
         return load_adapter("centre-ellipse", data_dir=data_dir)
-    except ValueError as error:
-        print(f"note: centre-ellipse skipped ({error}; here: --centre-ellipse-area FRACTION)", file=sys.stderr)
+    except ValueError:
+        print(
+            f"note: centre-ellipse skipped: {data_dir} has no readable train split to take its area from; pass "
+            f"--centre-ellipse-area {REAL_TEST_MEAN_AREA} (the mean part area of 60 real test images)",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -203,15 +212,24 @@ def run_demo(
     settings = settings or DemoSettings()
     if data_dir is not None and not os.path.exists(data_dir):
         raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
-    named = {}
+    named, given = {}, {}
     for item in models:
         name, spec = model_name_and_spec(item)
-        if name in named or name in BASELINES or name == TINY_PISA:
-            raise ValueError(f"--model {item!r}: a second model named {name!r} (name it: --model NAME=SPEC)")
-        named[name] = spec
-    reserved = [*BASELINES, TINY_PISA, *named]
-    if len({slug(name) for name in reserved}) < len(reserved):
-        raise ValueError(f"two model names share a folder name among {', '.join(named)} (name them: --model NAME=SPEC)")
+        if name in named:
+            raise ValueError(
+                f"--model {given[name]!r} and --model {item!r} are both named {name!r}; name one: --model NAME=SPEC"
+            )
+        named[name], given[name] = spec, item
+    # A model the user names like a built-in baseline replaces it (`--model full-image` is just that baseline).
+    baselines = [name for name in BASELINES if name not in named]
+    folders = {}
+    for name in [*baselines, *named]:
+        if slug(name) in folders:
+            raise ValueError(
+                f"models {folders[slug(name)]!r} and {name!r} would share the folder {slug(name)!r}; "
+                "name one: --model NAME=SPEC"
+            )
+        folders[slug(name)] = name
     out = os.path.abspath(out)
     _prepare_out(out)
     result = DemoResult(out=out, report="")
@@ -223,15 +241,19 @@ def run_demo(
         split = "test"
     result.seconds["data"] = time.perf_counter() - started
 
-    evaluated = {"full-image": "full-image"}  # name -> adapter spec (or adapter)
-    ellipse = _centre_ellipse(data_dir, centre_ellipse_area)
-    if ellipse is not None:
-        evaluated["centre-ellipse"] = ellipse
+    evaluated = {name: name for name in baselines}  # name -> adapter spec (or adapter)
     if built_in and not models:
         clock = time.perf_counter()
         evaluated[TINY_PISA] = _train(data_dir, out, settings)
         result.seconds["train"] = time.perf_counter() - clock
     evaluated.update(named)
+    for name, spec in list(evaluated.items()):
+        if spec == "centre-ellipse":  # its area comes from DATA's train split or --centre-ellipse-area
+            ellipse = _centre_ellipse(data_dir, centre_ellipse_area)
+            if ellipse is None:
+                del evaluated[name]
+            else:
+                evaluated[name] = ellipse
 
     clock = time.perf_counter()
     _step(f"4/5 predicting the {split} split with {', '.join(evaluated)}")
@@ -261,7 +283,7 @@ def run_demo(
 def build_parser() -> argparse.ArgumentParser:
     defaults = DemoSettings()
     parser = argparse.ArgumentParser(
-        prog="python -m pisa_model.demo",
+        prog=PROG,
         description="InstructPart end to end: data, (training,) predictions, scores and an HTML report.",
     )
     parser.add_argument("--out", default=os.path.join("out", "demo"), help="output folder (default: out/demo)")
@@ -298,15 +320,18 @@ def main(argv=None) -> int:
         warmup_steps=args.warmup_steps,
     )
     for name in ("num_train", "num_test", "max_steps", "batch_size", "warmup_steps"):
-        if getattr(settings, name) < (0 if name == "warmup_steps" else 1):
-            print(f"pisa_model.demo: error: --{name.replace('_', '-')} is out of range", file=sys.stderr)
-            return 2
+        lowest = 0 if name == "warmup_steps" else 1
+        if getattr(settings, name) < lowest:
+            error = ValueError(f"--{name.replace('_', '-')} must be at least {lowest}, got {getattr(settings, name)}")
+            return report_error(PROG, error)
     if args.data_dir is None:
         # Tiny models on a few CPU cores run far faster on one thread than on several.
         import torch
 
         torch.set_num_threads(1)
-    try:
+
+    def demo():
+        check_writable(args.out, folder=True)
         result = run_demo(
             args.out,
             data_dir=args.data_dir,
@@ -315,16 +340,13 @@ def main(argv=None) -> int:
             settings=settings,
             centre_ellipse_area=args.centre_ellipse_area,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"pisa_model.demo: error: {message}", file=sys.stderr)
-        return 2
-    from .report import console_tables
+        from .report import console_tables
 
-    print()
-    print(console_tables(result.summaries))
-    print(f"\ndone in {result.seconds['total']:.0f} s; report: {result.report}")
-    return 0
+        print()
+        print(console_tables(result.summaries))
+        print(f"\ndone in {result.seconds['total']:.0f} s; report: {result.report}")
+
+    return run_command(PROG, demo)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from instructpart_dataset.cli_errors import check_writable, run_command, writing
 from instructpart_dataset.files import write_atomic, write_json_atomic, write_text_atomic
 from instructpart_metric import StreamingScorer, format_table, results_dict
 
@@ -41,6 +42,7 @@ from .adapters import load_adapter, parse_option
 
 LABELS = ("instruction_type", "object", "part", "affordance", "action")
 BREAKDOWNS = LABELS[1:]
+PROG = "python -m pisa_model.evaluate"
 
 
 def sample_key(row: dict) -> str:
@@ -174,7 +176,7 @@ def _slug(model: str) -> str:
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m pisa_model.evaluate", description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50)."
+        prog=PROG, description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50)."
     )
     parser.add_argument("--model", required=True, help="PISA checkpoint folder or adapter spec (NAME[:CHECKPOINT])")
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub repo id")
@@ -213,6 +215,7 @@ def run(args) -> dict:
     if args.model.strip() == "centre-ellipse" and not {"relative_area", "train_masks"} & set(options):
         options.setdefault("data_dir", args.data_dir)
     output_dir = args.output_dir or os.path.join("out", "evaluate", _slug(args.model))
+    check_writable(output_dir, folder=True)  # before the predictions, not after them
 
     accelerator = Accelerator()
     # Every process reads the dataset; the first prepares datasets' cache while the others wait.
@@ -264,7 +267,8 @@ def run(args) -> dict:
                 )
             )
         path = os.path.join(output_dir, "results.json")
-        write_json_atomic(path, results)
+        with writing(path):
+            write_json_atomic(path, results)
         print(f"wrote {path}")
     accelerator.wait_for_everyone()
     return results
@@ -272,13 +276,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"pisa_model.evaluate: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(PROG, run, args)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ METRICS_FILE = "metrics.jsonl"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pisa_model.train", description="Train PISA on InstructPart under Accelerate."
+        prog="python -m pisa_model.train", description="Train PISA on InstructPart under Accelerate."
     )
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub dataset id")
     parser.add_argument("--output-dir", required=True)
@@ -354,15 +354,16 @@ def train(args) -> str:
 
 
 def main(argv=None) -> int:
+    from instructpart_dataset.cli_errors import check_writable, run_command
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def checked_train():
+        check_writable(args.output_dir, folder=True)  # before the training, not after it
         train(args)
-    except (ValueError, OSError) as error:  # bad arguments, data or checkpoints: one line, no traceback
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"pisa_model.train: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(parser.prog, checked_train)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""One error convention for every command of the project (the dataset, score, train, evaluate, demo and
+report CLIs and upload.py), the same as argparse's own:
+
+    exit 2   bad input: a missing, unreadable, corrupt or invalid input, or bad arguments (argparse's code);
+    exit 1   a failed operation: writing the output, a push;
+    stderr   one line, `<prog>: error: <path>: <what>` (the path wherever a file is concerned), no traceback.
+
+A command runs its work through `run_command`; code that writes a command's output wraps the writing in
+`writing(path)` (or raises `OperationFailed`), so that an OSError there reads as a failed operation naming
+that path, while an OSError anywhere else (reading an input) is bad input.
+"""
+
+import contextlib
+import os
+import sys
+
+BAD_INPUT = 2
+FAILED = 1
+
+
+class OperationFailed(Exception):
+    """The command's input was fine but its operation failed (exit 1); the message names the path."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """`<path>: <reason>` of an OSError, e.g. `out/results.json: Is a directory`."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{error.filename}: {reason}" if error.filename is not None else reason
+
+
+def _write_failure(path: str, error: OSError) -> str:
+    reason = error.strerror or str(error) or type(error).__name__
+    culprit = os.fspath(error.filename) if isinstance(error.filename, (str, bytes, os.PathLike)) else None
+    if isinstance(culprit, str) and os.path.abspath(culprit) != os.path.abspath(path):
+        if os.path.basename(culprit).startswith(".tmp-"):  # the atomic writer's temporary beside `path`
+            return reason
+        if isinstance(error, (FileExistsError, NotADirectoryError)) and os.path.isfile(culprit):
+            return f"{culprit} is a file, not a folder"
+        return f"{culprit}: {reason}"
+    return reason
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Turn an OSError raised while writing `path` into `OperationFailed("<path>: cannot write: <reason>")`."""
+    try:
+        yield
+    except OSError as error:
+        raise OperationFailed(f"{path}: cannot write: {_write_failure(path, error)}") from None
+
+
+def check_writable(path: str, *, folder: bool = False) -> None:
+    """Fail before the work, not after it, when `path` (a file, or a folder with `folder=True`) cannot be
+    written: an existing folder where a file goes (or the reverse), a file where a parent folder goes, or a
+    parent that cannot be written. Creates nothing."""
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        raise OperationFailed(f"{path}: cannot write: {'not a folder' if folder else 'Is a directory'}")
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise OperationFailed(f"{path}: cannot write: {ancestor} is a file, not a folder")
+    target = path if os.path.exists(path) and folder else ancestor
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise OperationFailed(f"{path}: cannot write: Permission denied")
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (OSErrors as `<path>: <reason>`)."""
+    if isinstance(error, OSError) and not isinstance(error, OperationFailed):
+        text = describe_os_error(error)
+    else:
+        text = str(error)
+    return " ".join(text.split()) or type(error).__name__
+
+
+def report_error(prog: str, error: BaseException) -> int:
+    """Print `<prog>: error: <message>` on stderr; returns the exit status of the convention."""
+    print(f"{prog}: error: {one_line(error)}", file=sys.stderr, flush=True)
+    return FAILED if isinstance(error, OperationFailed) else BAD_INPUT
+
+
+def run_command(prog: str, function, *args, bad_input: tuple = ()) -> int:
+    """`function(*args)` with the convention applied: 0 when it returns, 1 or 2 with one stderr line when it
+    raises an expected error (datasets' progress bars show only when stderr is a terminal). `bad_input` adds exception types (e.g. a library's format error) read as bad
+    input; anything else is a bug and keeps its traceback."""
+    if not sys.stderr.isatty():  # progress bars belong on a terminal, not in a log or a caller's pipe
+        import datasets
+
+        datasets.disable_progress_bars()
+    try:
+        function(*args)
+    except (OperationFailed, ValueError, OSError, *bad_input) as error:
+        return report_error(prog, error)
+    return 0
