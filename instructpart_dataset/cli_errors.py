@@ -80,14 +80,26 @@ def report_error(prog: str, error: BaseException) -> int:
     return FAILED if isinstance(error, OperationFailed) else BAD_INPUT
 
 
+def quiet_library_progress_bars() -> None:
+    """Turn off the libraries' progress bars (datasets' "Generating split", transformers' "Loading weights",
+    the Hub's downloads): off a terminal they are lines of carriage returns in a log, not progress."""
+    import datasets
+    from huggingface_hub.utils import disable_progress_bars
+
+    datasets.disable_progress_bars()
+    disable_progress_bars()  # transformers reads this when it is imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+
+
 def run_command(prog: str, function, *args, bad_input: tuple = ()) -> int:
     """`function(*args)` with the convention applied: 0 when it returns, 1 or 2 with one stderr line when it
-    raises an expected error (datasets' progress bars show only when stderr is a terminal). `bad_input` adds exception types (e.g. a library's format error) read as bad
+    raises an expected error (the libraries' progress bars show only when stderr is a terminal). `bad_input` adds exception types (e.g. a library's format error) read as bad
     input; anything else is a bug and keeps its traceback."""
-    if not sys.stderr.isatty():  # progress bars belong on a terminal, not in a log or a caller's pipe
-        import datasets
-
-        datasets.disable_progress_bars()
+    if not sys.stderr.isatty():
+        quiet_library_progress_bars()
     try:
         function(*args)
     except (OperationFailed, ValueError, OSError, *bad_input) as error:

@@ -88,7 +88,7 @@ def evaluate_model(
     device=None,
     dtype=None,
     adapter_options: dict | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> tuple:
     """Predict and score every row of `dataset` (`load_instructpart` rows) with `model`.
 
@@ -101,7 +101,8 @@ def evaluate_model(
         prediction_dir (`str`, *optional*): write `<instruction_type>/<id>.png` masks and the extras there.
         device, dtype: where a model given by spec is loaded (default: the accelerator's device, else CPU).
         adapter_options (`dict`, *optional*): options for `load_adapter` when `model` is a spec.
-        progress (`bool`): a tqdm bar on the main process.
+        progress (`bool` or `str`): a tqdm bar on the main process; a string is its label (default: the
+            adapter's name).
 
     Returns:
         `(scorer, extras)`: the `StreamingScorer` of all rows (data order), and a dict with `model` (the
@@ -126,7 +127,8 @@ def evaluate_model(
     scorer, records = StreamingScorer(), []
     started = time.perf_counter()
     batches = range(0, len(indices), batch_size)
-    for start in tqdm(batches, desc=f"evaluate {adapter.name}", unit="batch", disable=not (progress and main)):
+    label = progress if isinstance(progress, str) else f"evaluate {adapter.name}"
+    for start in tqdm(batches, desc=label, unit="batch", disable=not (progress and main)):
         rows = [dataset[i] for i in indices[start : start + batch_size]]
         masks, extras = adapter.predict_with_extras([r["image"] for r in rows], [r["instruction"] for r in rows])
         if len(masks) != len(rows) or (extras is not None and len(extras) != len(rows)):

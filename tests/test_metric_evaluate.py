@@ -182,3 +182,19 @@ def test_two_processes_adding_per_sample_give_the_union_on_process_0(tmp_path):
     expected = naive_metrics([naive_counts(*pair) for pair in pairs])
     assert second is None and first["num_samples"] == 9
     assert first["cIoU"] == expected["cIoU"] and first["P@50:95"] == expected["P@50:95"]
+
+
+def test_the_installed_package_loads_its_module_from_any_folder(tmp_path, monkeypatch):
+    import instructpart_metric
+
+    elsewhere = tmp_path / "somewhere-else"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert not os.path.exists("instructpart_metric")  # evaluate.load by that name alone would fail here
+    loaded = instructpart_metric.load(cache_dir=str(tmp_path / "cache"))
+    truth = np.eye(4, dtype=bool)
+    half = truth.copy()
+    half[2:] = False
+    # IoUs 1 and 2/4 by hand
+    result = loaded.compute(predictions=[truth, half], references=[truth, truth])
+    assert result == {"gIoU": 0.75, "cIoU": 6 / 8, "P@50:95": (10 + 1) / 20, "P@50": 1.0, "num_samples": 2}
