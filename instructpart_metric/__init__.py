@@ -28,6 +28,7 @@ def load(**kwargs):
 
     return evaluate.load(os.path.dirname(os.path.abspath(__file__)), **kwargs)
 
+
 __all__ = [
     "METRIC_KEYS",
     "PRECISION_NUMERATORS",
