@@ -153,6 +153,8 @@ def _train(data_dir: str, out: str, settings: DemoSettings) -> str:
             str(max(1, settings.max_steps // 10)),
             "--seed",
             str(settings.seed),
+            # off a terminal the bar is a line of carriage returns in the log; the loss lines stay
+            *([] if sys.stderr.isatty() else ["--no-progress"]),
         ]
     )
 
@@ -187,7 +189,7 @@ def _evaluate(models: dict, datasets: list, out: str, batch_size: int) -> dict:
         folder = os.path.join(out, "predictions", slug(name))
         merged = None
         for config, dataset in zip(CONFIGS, datasets):
-            label = f"predicting {config.upper()} with {name}"
+            label = f"predicting {config.upper()} with {name}" if sys.stderr.isatty() else False
             scorer, _ = evaluate_model(adapter, dataset, batch_size=batch_size, prediction_dir=folder, progress=label)
             merged = scorer if merged is None else merged.merge(scorer)
         scorers[name] = merged
