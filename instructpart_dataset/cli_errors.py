@@ -1,5 +1,5 @@
-"""One error convention for every command of the project (the dataset, score, train, evaluate, demo and
-report CLIs and upload.py), the same as argparse's own:
+"""One error convention for every command of the project (`python -m instructpart_metric score`,
+`python -m pisa_model.{train,evaluate,demo}`, `upload.py`, and the dataset CLI), the same as argparse's own:
 
     exit 2   bad input: a missing, unreadable, corrupt or invalid input, or bad arguments (argparse's code);
     exit 1   a failed operation: writing the output, a push;
@@ -67,10 +67,7 @@ def check_writable(path: str, *, folder: bool = False) -> None:
 
 def one_line(error: BaseException) -> str:
     """The error's message on one line (OSErrors as `<path>: <reason>`)."""
-    if isinstance(error, OSError) and not isinstance(error, OperationFailed):
-        text = describe_os_error(error)
-    else:
-        text = str(error)
+    text = describe_os_error(error) if isinstance(error, OSError) else str(error)
     return " ".join(text.split()) or type(error).__name__
 
 
@@ -96,8 +93,9 @@ def quiet_library_progress_bars() -> None:
 
 def run_command(prog: str, function, *args, bad_input: tuple = ()) -> int:
     """`function(*args)` with the convention applied: 0 when it returns, 1 or 2 with one stderr line when it
-    raises an expected error (the libraries' progress bars show only when stderr is a terminal). `bad_input` adds exception types (e.g. a library's format error) read as bad
-    input; anything else is a bug and keeps its traceback."""
+    raises an expected error; anything else is a bug and keeps its traceback. `bad_input` adds exception
+    types read as bad input (e.g. a library's format error). The libraries' progress bars show only when
+    stderr is a terminal."""
     if not sys.stderr.isatty():
         quiet_library_progress_bars()
     try:

@@ -153,7 +153,7 @@ def _train(data_dir: str, out: str, settings: DemoSettings) -> str:
             str(max(1, settings.max_steps // 10)),
             "--seed",
             str(settings.seed),
-            # off a terminal the bar is a line of carriage returns in the log; the loss lines stay
+            # off a terminal the bar is a line of carriage returns in the log (losses: model/metrics.jsonl)
             *([] if sys.stderr.isatty() else ["--no-progress"]),
         ]
     )
