@@ -46,8 +46,8 @@ REAL_TEST_MEAN_AREA = 0.09
 
 @dataclass
 class DemoSettings:
-    """The built-in demo's size. The defaults take about a minute of CPU time on one thread (56 s measured,
-    the 600 training steps half of it); the tiny PISA still scores about 70 gIoU against the baselines' 15.
+    """The built-in demo's size. The defaults take about a minute of CPU time on one thread (51-56 s measured;
+    1,200 training steps took 88 s), and the tiny PISA still scores about 70 gIoU against the baselines' 15.
     `python -m pisa_model.demo` prints the wall time it took."""
 
     seed: int = 0
