@@ -25,6 +25,8 @@ import sys
 import tempfile
 import textwrap
 
+from instructpart_dataset.cli_errors import OperationFailed, run_command, writing
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 LARGE_FOLDER_BYTES = 5 << 30
 OUR_PACKAGES = ("instructpart_dataset", "instructpart_metric", "pisa_model")
@@ -33,8 +35,8 @@ OUR_PACKAGES = ("instructpart_dataset", "instructpart_metric", "pisa_model")
 SPACE_REQUIREMENTS = ("evaluate==0.4.6", "datasets==5.2.0", "numpy>=2.0,<3", "pillow>=11,<14")
 
 
-class UploadError(Exception):
-    """A one-line reason the upload stopped."""
+class UploadError(OperationFailed):
+    """A one-line reason the upload stopped after its input was accepted (exit 1: see cli_errors)."""
 
 
 # --- verification in a process that cannot import this project -------------------------------------------------
@@ -197,6 +199,111 @@ def verify_metric(stage: str) -> None:
         raise UploadError(f"verification failed: the staged metric gives {found}, the package {expected}")
 
 
+# --- which checkpoint files may be published: decided by content, never by name ----------------------------------
+
+SENTENCEPIECE_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_publishable_file(path: str) -> str:
+    """The kind of a checkpoint file that may be published: "safetensors", "json", "text" (code, templates,
+    vocabularies) or "sentencepiece" (a tokenizer model); anything else raises a ValueError naming it
+    (bad input: exit 2).
+
+    Decided by the bytes, whatever the file's name: a pickle (it runs code when loaded) is refused as a
+    protocol 2+ stream, as protocol 0/1 opcodes that parse to a final STOP (those are ASCII and would pass
+    as text), inside a zip (torch.save's format) or under gzip/bz2/xz/zlib compression (joblib)."""
+    import bz2
+    import lzma
+    import pickletools
+    import struct
+    import zipfile
+    import zlib
+
+    def pickle_stream(data: bytes, whole: bool) -> bool:
+        if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            return True
+        if not whole:
+            return False
+        try:
+            opcodes = [(opcode.name, position) for opcode, _, position in pickletools.genops(data)]
+        except Exception:  # genops raises ValueError, struct.error, UnicodeDecodeError, ... on non-pickles
+            return False
+        return len(opcodes) >= 2 and opcodes[-1] == ("STOP", len(data.rstrip(b"\r\n")) - 1)
+
+    def decompressed_head(data: bytes):
+        """The first bytes of a gzip/zlib/bz2/xz stream's content, or None."""
+        if data.startswith(b"\x1f\x8b"):
+            stream = zlib.decompressobj(31)
+        elif data[:1] == b"\x78" and len(data) > 1 and (data[0] * 256 + data[1]) % 31 == 0:
+            stream = zlib.decompressobj()
+        elif data.startswith(b"BZh"):
+            stream = bz2.BZ2Decompressor()
+        elif data.startswith(b"\xfd7zXZ"):
+            stream = lzma.LZMADecompressor()
+        else:
+            return None
+        try:
+            return stream.decompress(data[: 1 << 16])[:16]
+        except Exception:
+            return None
+
+    name = os.path.basename(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    refuse_pickle = f"{path}: its bytes are a pickle (which runs code when loaded): publish safetensors only"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.infolist():
+                    with archive.open(member) as stream:
+                        inner = stream.read(1 << 16)
+                    whole = member.file_size <= len(inner)
+                    if member.filename.lower().endswith((".pkl", ".pickle")) or pickle_stream(inner, whole):
+                        raise ValueError(
+                            f"{path}: a zip holding a pickle ({member.filename}; torch.save's format): "
+                            "publish safetensors only"
+                        )
+        except (zipfile.BadZipFile, OSError, RuntimeError):
+            pass  # unreadable as a zip: refused below all the same
+        raise ValueError(f"{path}: a zip archive; only safetensors, JSON, text and tokenizer files are published")
+    if pickle_stream(head, whole=False) or pickle_stream(decompressed_head(head) or b"", whole=False):
+        raise ValueError(refuse_pickle)
+    if len(head) >= 8:
+        (header_size,) = struct.unpack("<Q", head[:8])
+        if 2 <= header_size <= size - 8 and head[8:9] == b"{":
+            with open(path, "rb") as f:
+                f.seek(8)
+                header = f.read(header_size)
+            try:
+                if isinstance(json.loads(header), dict):
+                    return "safetensors"
+            except ValueError:
+                pass
+    if name.lower().endswith(".safetensors"):
+        raise ValueError(f"{path}: not a safetensors file (its header does not parse)")
+    if name in SENTENCEPIECE_NAMES and head[:1] == b"\x0a":  # a serialized sentencepiece ModelProto
+        return "sentencepiece"
+    if size <= 256 << 20 and b"\x00" not in head:
+        with open(path, "rb") as f:
+            data = f.read()
+        if pickle_stream(data, whole=True):
+            raise ValueError(refuse_pickle)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and "\x00" not in text:
+            if not name.lower().endswith(".json"):
+                return "text"
+            try:
+                json.loads(text)
+            except ValueError as error:
+                raise ValueError(f"{path}: not valid JSON ({error})") from None
+            return "json"
+    raise ValueError(f"{path}: neither safetensors, JSON, UTF-8 text nor a tokenizer model; only those are published")
+
+
 # --- model -----------------------------------------------------------------------------------------------------
 
 SPACE_APP = """import gradio as gr
@@ -252,12 +359,13 @@ def stage_model(
     from pisa_model.model_card import write_model_card
 
     if not os.path.isfile(os.path.join(checkpoint, "config.json")):
-        raise UploadError(f"{checkpoint}: not a checkpoint folder (no config.json)")
-    unsafe = [name for name in os.listdir(checkpoint) if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
-    if unsafe:
-        raise UploadError(f"{checkpoint}: refusing pickled weights {unsafe[0]!r}: publish safetensors only")
-    if not any(name.endswith(".safetensors") for name in os.listdir(checkpoint)):
-        raise UploadError(f"{checkpoint}: no .safetensors weights")
+        raise ValueError(f"{checkpoint}: not a checkpoint folder (no config.json)")
+    names = sorted(
+        n for n in os.listdir(checkpoint) if n != "README.md" and os.path.isfile(os.path.join(checkpoint, n))
+    )
+    kinds = [check_publishable_file(os.path.join(checkpoint, name)) for name in names]
+    if "safetensors" not in kinds:
+        raise ValueError(f"{checkpoint}: no .safetensors weights")
     _fresh_folder(stage)
     for name in sorted(os.listdir(checkpoint)):
         source = os.path.join(checkpoint, name)
@@ -373,9 +481,10 @@ def push(
 
 
 def _fresh_folder(path: str) -> None:
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.makedirs(path)
+    with writing(path):
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.makedirs(path)
 
 
 def _print_plan(stage, repo_id, repo_type, private, revision) -> None:
@@ -423,7 +532,10 @@ def _stage_dir(args, kind: str, repo_id: str) -> str:
     # The last component is the repo's name: evaluate finds `<name>.py` in `<name>/`, and
     # `load_dataset("<name>")` finds the staged dataset from its parent folder.
     root = args.stage or os.path.join(os.getcwd(), "hub-staging")
-    return os.path.abspath(os.path.join(root, kind, repo_id.split("/")[-1]))
+    stage = os.path.abspath(os.path.join(root, kind, repo_id.split("/")[-1]))
+    with writing(root):
+        os.makedirs(os.path.dirname(stage), exist_ok=True)
+    return stage
 
 
 def cmd_dataset(args) -> None:
@@ -512,12 +624,7 @@ def main(argv=None) -> int:
     common(model)
     model.set_defaults(run=cmd_model)
     args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (UploadError, ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(parser.prog, args.run, args)
 
 
 if __name__ == "__main__":

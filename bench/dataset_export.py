@@ -24,6 +24,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# The figures are this script's output: no progress bars of the runs being timed in front of them
+# (tqdm reads TQDM_DISABLE when it is imported; datasets' bars are switched off below).
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from instructpart_dataset import load_instructpart, scan_release  # noqa: E402
 from instructpart_dataset.export import export_release  # noqa: E402
@@ -44,6 +47,9 @@ def main():
     parser.add_argument("--data-dir", default=os.environ.get("INSTRUCTPART_SAMPLE_DIR"))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    import datasets
+
+    datasets.disable_progress_bars()
     workdir = tempfile.mkdtemp(prefix="bench-dataset-")
     os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(workdir, "cache"))
     try:

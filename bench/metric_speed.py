@@ -10,8 +10,9 @@ pairs (64 pairs are ~350 MB, far beyond the CPU caches, so every pass reads main
   core        StreamingScorer.add per pair + compute
               / floor: one np.count_nonzero pass over every prediction and every truth
   naive       np.logical_and/np.logical_or + count_nonzero per pair (for reference)  / same floor
-  evaluate    evaluate.load(<checkout>/instructpart_metric): add_batch per pair + compute
-              / same floor
+  evaluate-per-sample   evaluate.load(<checkout>/instructpart_metric): add_batch once per pair (as an
+              eval loop calls it) + compute  / same floor
+  evaluate-batched      the same module: add_batch of 50 pairs at a time + compute  / same floor
   cli         `python -m instructpart_metric score` end to end (a fresh interpreter, datasets
               import, the prepared split from its cache, decoding, counting) on a generated release
               of --pairs/2 entries scored with trps (--pairs prediction PNGs, mode L 0/255)
@@ -147,7 +148,7 @@ def write_predictions(folder, pairs, sample_ids):
 
 
 def report(name, seconds, floor_seconds, floor_name):
-    print(f"{name:<10} {seconds / floor_seconds:6.2f}x {floor_name}   ({seconds:.3f} s vs {floor_seconds:.3f} s)")
+    print(f"{name:<20} {seconds / floor_seconds:6.2f}x {floor_name}   ({seconds:.3f} s vs {floor_seconds:.3f} s)")
 
 
 def main():
@@ -188,14 +189,28 @@ def main():
     try:
         metric = evaluate.load(os.path.join(ROOT, "instructpart_metric"), cache_dir=os.path.join(workdir, "evaluate"))
 
-        def evaluate_module():
+        def evaluate_per_sample():
             for prediction, truth in samples:
                 metric.add_batch(predictions=[prediction], references=[truth])
             return metric.compute()
 
-        assert evaluate_module() == {**core(), "num_samples": len(samples)}
-        times = median_times({"floor": floor, "core": core, "naive": naive, "evaluate": evaluate_module}, args.repeats)
-        for name in ("core", "naive", "evaluate"):
+        def evaluate_batched():
+            for start in range(0, len(samples), 50):
+                batch = samples[start : start + 50]
+                metric.add_batch(predictions=[p for p, _ in batch], references=[t for _, t in batch])
+            return metric.compute()
+
+        expected = {**core(), "num_samples": len(samples)}
+        assert evaluate_per_sample() == expected and evaluate_batched() == expected
+        functions = {
+            "floor": floor,
+            "core": core,
+            "naive": naive,
+            "evaluate-per-sample": evaluate_per_sample,
+            "evaluate-batched": evaluate_batched,
+        }
+        times = median_times(functions, args.repeats)
+        for name in list(functions)[1:]:
             report(name, times[name], times["floor"], "count_nonzero floor")
         if not args.no_cli:
             run_cli(args, pool, workdir)

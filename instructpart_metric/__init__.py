@@ -1,16 +1,17 @@
 """InstructPart's metrics: gIoU, cIoU, P@50, P@50:95 of binary part masks.
 
 The core (`core.py`, `tables.py`) is pure numpy; `instructpart_metric.py` wraps it as an `evaluate` module
-(`evaluate.load("path/to/instructpart_metric")`); `score_predictions` (`predictions.py`) scores a folder of
-predicted PNGs against the benchmark, for `python -m instructpart_metric score` and `... report` (the HTML
-report, `report.py`). `published_results()` is the paper's published table (`paper.py`, package data), and
-every results file says where its numbers came from (`results.py`, `provenance.py`). Definitions and
-conventions: README.md here.
+(`instructpart_metric.load()` from any folder, or `evaluate.load("ORG/instructpart")` for the published Space);
+`score_predictions` (`predictions.py`) scores a folder of predicted PNGs against the benchmark, for
+`python -m instructpart_metric score` and `... report` (the HTML report, `report.py`). `published_results()` is
+the paper's published table (`paper.py`, package data), and every results file says where its numbers came from
+(`results.py`, `provenance.py`). Definitions and conventions: README.md here.
 
 `import instructpart_metric` loads the core only: the names that need `datasets` are imported on first use.
 """
 
 import importlib
+import os
 
 from .core import (
     METRIC_KEYS,
@@ -36,12 +37,23 @@ _LAZY = {
     "write_report": "report",
 }
 
+
+def load(**kwargs):
+    """The `evaluate` module of this installed package, from any working folder: `evaluate.load` of the
+    package's own folder (offline; keyword arguments such as `cache_dir`, `num_process`, `process_id` and
+    `experiment_id` go to `evaluate.load`)."""
+    import evaluate
+
+    return evaluate.load(os.path.dirname(os.path.abspath(__file__)), **kwargs)
+
+
 __all__ = [
     "METRIC_KEYS",
     "PRECISION_NUMERATORS",
     "StreamingScorer",
     "as_mask",
     "format_table",
+    "load",
     "mask_counts",
     "metrics_from_counts",
     "results_dict",

@@ -51,11 +51,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_config: str = DEF
 
 def score(args: argparse.Namespace) -> int:
     from instructpart_dataset import load_instructpart
+    from instructpart_dataset.cli_errors import check_writable
 
     from .provenance import command_line, dataset_identity, provenance
     from .results import build_results, check_not_overwriting, format_results, parse_configs, write_results
 
     configs = parse_configs(args.config)
+    if args.json:  # found before the scoring, not after it
+        check_writable(args.json)
+    if not os.path.isdir(args.predictions):
+        raise FileNotFoundError(f"{args.predictions}: no such predictions folder")
     if args.num_workers < 1:
         raise ValueError(f"--num-workers must be at least 1, got {args.num_workers}")
     if args.json:
@@ -96,7 +101,10 @@ def score(args: argparse.Namespace) -> int:
     if missing:
         print(f"{len(missing)} missing prediction files counted as empty masks")
     if args.json:
-        write_results(args.json, results, args.overwrite)
+        from instructpart_dataset.cli_errors import writing
+
+        with writing(args.json):
+            write_results(args.json, results, args.overwrite)
         print(f"wrote {args.json}")
     return 0
 
@@ -145,11 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list | None = None) -> int:
+    from instructpart_dataset.cli_errors import run_command
+
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as the command line
-    try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
-        return 1
+    return run_command(f"{PROG} {args.command}", args.handler, args)

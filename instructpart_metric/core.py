@@ -43,12 +43,15 @@ def as_mask(value: Any, *, role: str = "prediction", index=None, threshold: floa
     Args:
         value: (H, W) bool or integer array (non-zero pixels are foreground), a nested list of
             those, a single-channel PIL image (modes 1, L, P, I, I;16) or anything `np.asarray` reads
-            (a CPU tensor). Float arrays are thresholded (`value > threshold`) when `threshold` is
-            given and refused otherwise; references are never thresholded.
+            (a CPU tensor). With `threshold`, an integer or float prediction is thresholded
+            (foreground = value > threshold); a bool one passes unchanged for a threshold in [0, 1)
+            and is refused for any other (it would empty or fill it). Without it, float predictions
+            are refused. References are never thresholded.
         role: "prediction" or "reference", for messages.
         index: the sample's index or key, for messages.
     Returns:
-        An array of shape (H, W), dtype bool or integer, never copied when it already is one.
+        An array of shape (H, W), dtype bool or integer, never copied when it already is one and no
+        threshold is given.
     """
     where = _where(index)
     if value is None:
@@ -69,20 +72,37 @@ def as_mask(value: Any, *, role: str = "prediction", index=None, threshold: floa
     if array.size == 0:
         raise ValueError(f"{where}{role} has no pixels (shape {array.shape})")
     kind = array.dtype.kind
-    if kind in "biu":
-        return array
-    if kind == "f":
-        if role != "prediction":
-            raise ValueError(f"{where}{role} has float dtype {array.dtype}: references must be bool or integer masks")
-        if threshold is None:
+    if kind not in "biuf":
+        raise ValueError(f"{where}{role} has unsupported dtype {array.dtype}: expected a bool or integer mask")
+    if role == "prediction" and threshold is not None:
+        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+            raise ValueError(f"threshold must be a number, got {threshold!r}")
+        if math.isnan(threshold):
+            raise ValueError("threshold must be a number, got nan")
+        if kind == "b":
+            # As 0/1 values a bool mask passes any threshold in [0, 1) unchanged; any other would empty or
+            # fill it, which is never what a threshold meant for scores wants.
+            if not 0 <= threshold < 1:
+                raise ValueError(
+                    f"{where}{role} is a bool mask: threshold={threshold} would make it all "
+                    f"{'background' if threshold >= 1 else 'foreground'}; thresholds apply to integer or float scores"
+                )
+            return array
+    if kind == "b" or role != "prediction" or threshold is None:
+        if kind == "f":
+            if role != "prediction":
+                raise ValueError(
+                    f"{where}{role} has float dtype {array.dtype}: references must be bool or integer masks"
+                )
             raise ValueError(
                 f"{where}{role} has float dtype {array.dtype}: pass threshold= (foreground = value > threshold) "
                 "or give a bool/integer mask"
             )
-        if np.isnan(array).any():
-            raise ValueError(f"{where}{role} contains NaN")
-        return array > threshold
-    raise ValueError(f"{where}{role} has unsupported dtype {array.dtype}: expected a bool or integer mask")
+        return array
+    if kind == "f" and np.isnan(array).any():
+        raise ValueError(f"{where}{role} contains NaN")
+    # numpy compares an integer array with a float threshold exactly (no wrap-around of the dtype).
+    return array > threshold
 
 
 def _popcount(packed: np.ndarray) -> int:

@@ -40,7 +40,9 @@ Args:
     references: list of ground-truth masks of the same shapes (never resized).
     groups (optional): list of one string label per sample (e.g. the instruction type or the
         object); the output then holds the four metrics per group as well.
-    threshold (optional): for float predictions, foreground = value > threshold.
+    threshold (optional): foreground = value > threshold for every integer or float prediction
+        (bool ones pass for a threshold in [0, 1), else are refused); without it, integers count every
+        non-zero pixel.
 Returns:
     gIoU, cIoU, P@50:95, P@50: floats in [0, 1]; num_samples: int;
     groups (only when groups were given): {group: {gIoU, cIoU, P@50:95, P@50, num_samples}}.
@@ -64,6 +66,12 @@ class InstructPartMetric(evaluate.Metric):
     # The running sample index (for error messages) and whether samples carry groups, per stream.
     _samples_added = 0
     _grouped = None
+    # Counts not yet handed to evaluate's writer. Each `super().add_batch` call costs about as much as
+    # counting a large mask pair (feature encoding, an Arrow batch), and users call `add_batch` once per
+    # sample: batching the counts keeps that path near the floor. Flushed before `compute` (hence before
+    # evaluate gathers the processes' cache files), so what is written and merged is unchanged.
+    FLUSH_EVERY = 4096
+    _pending = None
 
     def _info(self):
         return evaluate.MetricInfo(
@@ -83,6 +91,12 @@ class InstructPartMetric(evaluate.Metric):
     def _reset_stream(self):
         self._samples_added = 0
         self._grouped = None
+        self._pending = None
+
+    def _flush(self):
+        if self._pending and self._pending["union"]:
+            pending, self._pending = self._pending, None
+            super().add_batch(**pending)
 
     def _check_groups(self, groups, count):
         grouped = groups is not None
@@ -117,9 +131,15 @@ class InstructPartMetric(evaluate.Metric):
             i, u = mask_counts(prediction, reference, index=self._samples_added + offset, threshold=threshold)
             intersections.append(i)
             unions.append(u)
-        super().add_batch(intersection=intersections, union=unions, group=groups)
+        if self._pending is None:
+            self._pending = {"intersection": [], "union": [], "group": []}
+        self._pending["intersection"] += intersections
+        self._pending["union"] += unions
+        self._pending["group"] += groups
         self._samples_added += len(unions)
         self._grouped = groups[0] != NO_GROUP
+        if len(self._pending["union"]) >= self.FLUSH_EVERY:
+            self._flush()
 
     def add(self, *, prediction=None, reference=None, group=None, threshold=None):
         """Add one mask pair (see `add_batch`)."""
@@ -135,6 +155,7 @@ class InstructPartMetric(evaluate.Metric):
         if self.num_process == 1 and not self._samples_added:
             raise ValueError("nothing to score: pass predictions and references, or add them first")
         try:
+            self._flush()
             return super().compute()
         finally:
             self._reset_stream()

@@ -86,7 +86,7 @@ def read_prediction(folder: str, instruction_type: str, sample: str, shape: tupl
     """The prediction of one sample as a bool (H, W) mask, checked against the ground truth's `shape`."""
     path = prediction_path(folder, instruction_type, sample)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing prediction {path}")
+        raise FileNotFoundError(f"{path}: no such prediction file")
     mask = read_mask_png(path, path) != 0
     if shape is not None and mask.shape != tuple(shape):
         raise _size_error(path, mask.shape, tuple(shape), sample)
@@ -232,8 +232,8 @@ def score_predictions(
             raise ValueError(f"{source} has no rows")
         tasks, missing = _tasks(rows, predictions)
         if missing and not missing_as_empty:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise MissingPredictionError(f"missing prediction {missing[0]}{more}", missing)
+            more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+            raise MissingPredictionError(f"{missing[0]}: no such prediction file{more}", missing)
         desc = f"scoring {os.path.basename(os.path.normpath(predictions))}"
         counts = _run(tasks, pool, desc, progress)
     finally:

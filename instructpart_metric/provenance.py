@@ -156,6 +156,8 @@ def format_provenance(block: dict) -> list:
             text += f"; {folder}: config sha256 {found['config_sha256'][:16]}…, weights {found['weights_sha256'][:16]}…"
             text += revision
         lines.append(text)
+    if block.get("dtype"):
+        lines.append(f"model dtype: {block['dtype']}")
     if block.get("answer_mode"):
         lines.append(f"answer: {block['answer_mode']}")
     predictions = block.get("predictions")

@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from instructpart_dataset.cli_errors import check_writable, run_command, writing
 from instructpart_dataset.files import write_text_atomic
 from instructpart_dataset.schema import LABEL_COLUMNS, SCORE_LABELS, row_key, row_labels
 from instructpart_metric import StreamingScorer
@@ -55,6 +56,8 @@ from instructpart_metric.results import (
 )
 
 from .adapters import load_adapter, parse_option
+
+PROG = "python -m pisa_model.evaluate"
 
 
 def _row_batches(dataset, indices: list, batch_size: int, num_workers: int):
@@ -156,7 +159,7 @@ def evaluate_model(
     device=None,
     dtype=None,
     adapter_options: dict | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     num_workers: int = 2,
     write_threads: int = 2,
     extras_dir: str | None = None,
@@ -172,7 +175,8 @@ def evaluate_model(
         prediction_dir (`str`, *optional*): write `<instruction_type>/<id>.png` masks and the extras there.
         device, dtype: where a model given by spec is loaded (default: the accelerator's device, else CPU).
         adapter_options (`dict`, *optional*): options for `load_adapter` when `model` is a spec.
-        progress (`bool`): a tqdm bar on the main process.
+        progress (`bool` or `str`): a tqdm bar on the main process; a string is its label (default: the
+            adapter's name).
         num_workers (`int`): threads that read and decode the next batches' rows while the model predicts (0: in
             the loop, between batches).
         write_threads (`int`): threads that write the prediction PNGs (0: in the loop).
@@ -193,7 +197,7 @@ def evaluate_model(
     if missing:
         raise ValueError(f"the dataset lacks column(s) {', '.join(missing)}")
     if prediction_dir is not None:
-        check_output_dir(prediction_dir, label="prediction_dir")
+        check_writable(prediction_dir, folder=True)
     if device is None and accelerator is not None:
         device = accelerator.device
     adapter = load_adapter(model, device=device, dtype=dtype, **(adapter_options or {}))
@@ -207,8 +211,9 @@ def evaluate_model(
     batches = _row_batches(dataset, indices, batch_size, num_workers)
     total = -(-len(indices) // batch_size)
     writer = _PredictionWriter(prediction_dir, write_threads)
+    label = progress if isinstance(progress, str) else f"evaluate {adapter.name}"
     try:
-        _predict_and_score(adapter, batches, total, scorer, records, writer, progress and main)
+        _predict_and_score(adapter, batches, total, scorer, records, writer, label, bool(progress) and main)
     finally:
         writer.close()
     seconds = time.perf_counter() - started
@@ -236,10 +241,10 @@ def evaluate_model(
     return merged, extras
 
 
-def _predict_and_score(adapter, batches, total, scorer, records, writer, progress) -> None:
+def _predict_and_score(adapter, batches, total, scorer, records, writer, label, progress) -> None:
     from tqdm.auto import tqdm
 
-    for rows in tqdm(batches, total=total, desc=f"evaluate {adapter.name}", unit="batch", disable=not progress):
+    for rows in tqdm(batches, total=total, desc=label, unit="batch", disable=not progress):
         masks, extras = adapter.predict_with_extras([r["image"] for r in rows], [r["instruction"] for r in rows])
         if len(masks) != len(rows) or (extras is not None and len(extras) != len(rows)):
             raise ValueError(f"{adapter.name} returned {len(masks)} masks for {len(rows)} rows")
@@ -264,29 +269,9 @@ def _slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
-def check_output_dir(folder: str, files=(), label: str = "--output-dir") -> None:
-    """Refuse, before any work, an output folder that cannot be created or written, or whose `files` (relative
-    paths the run will write) are folders. One-line ValueErrors naming the path."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        parent = os.path.dirname(existing)
-        if parent == existing:
-            break
-        existing = parent
-    if not os.path.isdir(existing):
-        where = "is a file" if existing == os.path.abspath(folder) else f"lies under the file {existing}"
-        raise ValueError(f"{label} {folder} {where}, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{label} {folder}: {existing} is not writable")
-    for name in files:
-        path = os.path.join(folder, name)
-        if os.path.isdir(path):
-            raise ValueError(f"{path} is a folder: the run writes a file there")
-
-
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m pisa_model.evaluate", description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50)."
+        prog=PROG, description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50)."
     )
     parser.add_argument("--model", required=True, help="PISA checkpoint folder or adapter spec (NAME[:CHECKPOINT])")
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub repo id")
@@ -328,10 +313,11 @@ def run(args) -> dict:
     output_dir = args.output_dir or os.path.join("out", "evaluate", _slug(args.model))
     prediction_dir = os.path.join(output_dir, "predictions") if args.save_predictions else None
     # Checked before the data, the model and hours of predictions, not after them.
-    check_output_dir(output_dir, files=(RESULTS_FILE,))
+    check_writable(output_dir, folder=True)
+    check_writable(os.path.join(output_dir, RESULTS_FILE))
     check_not_overwriting(os.path.join(output_dir, RESULTS_FILE), args.overwrite)
     if prediction_dir is not None:
-        check_output_dir(prediction_dir)
+        check_writable(prediction_dir, folder=True)
         check_not_overwriting(prediction_dir, args.overwrite)
 
     accelerator = Accelerator()
@@ -379,7 +365,8 @@ def run(args) -> dict:
                 )
             )
         path = os.path.join(output_dir, RESULTS_FILE)
-        write_results(path, results, args.overwrite)
+        with writing(path):
+            write_results(path, results, args.overwrite)
         print(f"wrote {path}")
     accelerator.wait_for_everyone()
     return results
@@ -399,6 +386,7 @@ def evaluation_results(scorer, configs: tuple, by_config: dict, args, extras: di
             args.orps_form,
             dataset_identity(args.data_dir, args.split, by_config),
             model=model_identity(args.model, extras["model"]),
+            dtype=args.dtype or "float32",
             # How PISA's answer was produced changes its numbers, so it belongs with the model, not the timing.
             **({"answer_mode": extras["answer_mode"]} if extras.get("answer_mode") else {}),
         ),
@@ -413,17 +401,11 @@ def evaluation_results(scorer, configs: tuple, by_config: dict, args, extras: di
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"pisa_model.evaluate: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(PROG, run, args)
 
 
 if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["check_output_dir", "evaluate_model", "main"]
+__all__ = ["evaluate_model", "main"]

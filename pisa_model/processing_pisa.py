@@ -194,7 +194,28 @@ class PisaProcessor(ProcessorMixin):
                     f"{where}: the checkpoint asks to run its own code ({name}); "
                     "pass trust_remote_code=True only if you trust that repository"
                 )
+            # The tokenizer's loader reads the checkpoint's config through AutoConfig: this class's own
+            # PisaConfig answers it (instead of a generic config and a "model of type pisa" warning).
+            from transformers import AutoConfig
+
+            from .configuration_pisa import PisaConfig
+
+            AutoConfig.register(PisaConfig.model_type, PisaConfig, exist_ok=True)
         return super().from_pretrained(pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+
+    @staticmethod
+    def get_possibly_dynamic_module(module_name):
+        """transformers saves `SamImageProcessorPil` under the name `SamImageProcessor`, whose default backend
+        needs torchvision: resolving that name without torchvision falls back to the Pil class with a warning
+        on every load. Without torchvision, take the Pil class directly (the one that was saved)."""
+        import transformers
+        from transformers.utils import is_torchvision_available
+
+        if module_name.endswith("ImageProcessor") and not is_torchvision_available():
+            pil_class = getattr(transformers, f"{module_name}Pil", None)
+            if pil_class is not None:
+                return pil_class
+        return ProcessorMixin.get_possibly_dynamic_module(module_name)
 
     @property
     def mask_input_size(self) -> int:

@@ -73,7 +73,7 @@ SCHEDULERS_WITHOUT_HORIZON = ("constant", "constant_with_warmup")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pisa_model.train", description="Train PISA on InstructPart under Accelerate."
+        prog="python -m pisa_model.train", description="Train PISA on InstructPart under Accelerate."
     )
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub dataset id")
     parser.add_argument("--output-dir", required=True)
@@ -627,14 +627,15 @@ def _check_rows(args, num_rows: int, num_processes: int, resume, state) -> None:
 
 
 def main(argv=None) -> int:
+    from instructpart_dataset.cli_errors import check_writable, run_command
+
     args = parse_args(argv)
-    try:
+
+    def checked_train():
+        check_writable(args.output_dir, folder=True)  # before the training, not after it
         train(args)
-    except (ValueError, OSError) as error:  # bad arguments, data or checkpoints: one line, no traceback
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"pisa_model.train: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(build_parser().prog, checked_train)
 
 
 if __name__ == "__main__":

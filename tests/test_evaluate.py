@@ -234,7 +234,7 @@ def test_a_missing_checkpoint_is_one_line_and_exit_code_2(checkpoints, release_d
         )
         error = capsys.readouterr().err.strip()
         assert code == 2 and len(error.splitlines()) == 1 and missing in error, (model, error)
-        assert error.startswith("pisa_model.evaluate: error: ")
+        assert error.startswith("python -m pisa_model.evaluate: error: ")
     assert not os.path.exists(tmp_path / "out" / "results.json")
 
 

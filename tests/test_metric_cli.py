@@ -123,9 +123,11 @@ def test_missing_predictions_are_an_error_unless_counted_as_empty(release_dir, t
     folder = write_predictions(tmp_path / "pred", {("human", first): truths[first][0]})
     arguments = ["--predictions", folder, "--data-dir", release_dir, "--num-workers", 1]
     code, _, err = run(capsys, *arguments, "--json", tmp_path / "r.json")
-    assert code == 1
+    assert code == 2
     err = error_line(err)
-    assert "missing prediction" in err and "--missing-as-empty" in err and "more)" in err
+    missing = sorted(os.path.join(folder, kind, f"{i}.png") for i in truths for kind in TRPS)
+    assert f": error: {missing[0]}: no such prediction file" in err
+    assert "--missing-as-empty" in err and f"(and {len(missing) - 2} more missing)" in err
     assert not (tmp_path / "r.json").exists()
     code, stdout, _ = run(capsys, *arguments, "--missing-as-empty")
     assert code == 0
@@ -163,7 +165,7 @@ def test_bad_prediction_files_are_named_in_one_line(release_dir, tmp_path, capsy
         Image.new("L", (width, height)).save(victim, format="JPEG")
         expected = "not a PNG file (JPEG)"
     code, _, err = run(capsys, "--predictions", folder, "--data-dir", release_dir, "--num-workers", 1)
-    assert code == 1
+    assert code == 2
     err = error_line(err)
     assert victim in err and expected in err
 
@@ -180,7 +182,7 @@ def test_bad_prediction_files_are_named_in_one_line(release_dir, tmp_path, capsy
 def test_bad_arguments_get_one_line_errors(release_dir, tmp_path, capsys, arguments, expected):
     arguments = [a.format(tmp=tmp_path, release=release_dir) for a in arguments]
     code, _, err = run(capsys, *arguments, "--num-workers", 1)
-    assert code == 1
+    assert code == 2
     err = error_line(err)
     assert expected.format(tmp=tmp_path) in err
 

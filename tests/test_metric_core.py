@@ -107,6 +107,49 @@ def test_float_predictions_need_a_threshold_and_use_greater_than():
         mask_counts(truth, truth.astype(float), threshold=0.5)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64, np.float32])
+def test_a_threshold_applies_to_integer_predictions_too(dtype):
+    # The case: every pixel 10, the threshold 127, so nothing is foreground (before: all of it was).
+    truth = np.zeros((4, 4), bool)
+    truth[:2] = True
+    assert mask_counts(np.full((4, 4), 10, dtype), truth, threshold=127) == (0, 8)
+    scores = np.array([[0, 127, 128, 255], [200, 10, 0, 255], [0, 0, 0, 0], [0, 0, 0, 0]], dtype)
+    # value > 127 by hand: row 0 -> 128, 255 in the truth; row 1 -> 200, 255 in the truth. I = 4, U = 8.
+    assert mask_counts(scores, truth, threshold=127) == (4, 8)
+    assert mask_counts(scores, truth, threshold=127.5) == (4, 8)
+    if np.dtype(dtype).kind != "f":
+        assert mask_counts(scores, truth) == (6, 8)  # no threshold: every non-zero pixel
+    assert StreamingScorer().add(scores, truth, threshold=127) == 4 / 8
+
+
+def test_thresholds_outside_the_dtype_range_compare_exactly():
+    truth = np.zeros((2, 2), bool)
+    truth[0] = True
+    wide = np.array([[40000, 300], [65535, 0]], np.uint16)
+    assert mask_counts(wide, truth, threshold=32767) == (1, 3)  # 40000 and 65535
+    assert mask_counts(wide.astype(np.uint8) * 0 + 255, truth, threshold=300) == (0, 2)  # no wrap-around to 44
+    assert mask_counts(np.zeros((2, 2), np.uint8), truth, threshold=-1) == (2, 4)  # every value > -1
+
+
+def test_a_threshold_on_a_bool_prediction_is_refused_unless_it_keeps_the_mask():
+    truth = np.array([[1, 1, 0, 0]], dtype=bool)
+    prediction = np.array([[1, 0, 1, 0]], dtype=bool)
+    assert mask_counts(prediction, truth, threshold=0.5) == (1, 3)  # 0/1 > 0.5 is the mask itself
+    with pytest.raises(
+        ValueError, match="sample 2: prediction is a bool mask: threshold=127 would make it all background"
+    ):
+        mask_counts(prediction, truth, index=2, threshold=127)
+    with pytest.raises(ValueError, match="would make it all foreground"):
+        mask_counts(prediction, truth, threshold=-0.5)
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        mask_counts(prediction.astype(np.uint8), truth, threshold="127")
+    # references are never thresholded: an integer reference keeps "non-zero = foreground"
+    assert mask_counts(np.array([[0, 200, 0, 0]], np.uint8), np.array([[1, 1, 0, 0]], np.uint8), threshold=127) == (
+        1,
+        2,
+    )
+
+
 @pytest.mark.parametrize(
     "prediction, reference, message",
     [

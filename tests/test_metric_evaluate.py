@@ -40,6 +40,23 @@ def test_pil_images_and_thresholded_floats(metric):
     assert result["cIoU"] == (1 + 2) / (3 + 2)
 
 
+def test_threshold_applies_to_uint8_and_uint16_predictions(metric):
+    truth = np.zeros((4, 4), bool)
+    truth[:2] = True
+    flat = np.full((4, 4), 10, np.uint8)
+    wide = np.zeros((4, 4), np.uint16)
+    wide[0] = 40000  # 4 true pixels above 32767
+    wide[2, 0] = 50000  # 1 false positive
+    wide[1] = 1000  # below the threshold
+    result = metric.compute(predictions=[flat, wide], references=[truth, truth], threshold=32767)
+    # by hand: flat -> I 0, U 8 (IoU 0); wide -> I 4, U 9 (IoU 4/9)
+    assert result["gIoU"] == (0 + 4 / 9) / 2 and result["cIoU"] == 4 / 17
+    metric.add(prediction=flat, reference=truth, threshold=127)
+    assert metric.compute()["cIoU"] == 0.0
+    with pytest.raises(ValueError, match="sample 0: prediction is a bool mask: threshold=127"):
+        metric.compute(predictions=[truth], references=[truth], threshold=127)
+
+
 @settings(
     max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
@@ -109,3 +126,75 @@ def test_a_renamed_copy_loads_without_the_installed_package(tmp_path):
     prediction, truth = masks_with((3, 3), intersection=3, prediction_only=1, reference_only=0)
     result = renamed.compute(predictions=[prediction], references=[truth], groups=["human"])
     assert result["groups"]["human"]["P@50:95"] == 0.6
+
+
+def test_per_sample_adds_across_the_writer_flush_agree_with_a_naive_loop(metric, monkeypatch):
+    # The module hands counts to evaluate's writer in chunks: make chunks small so a stream crosses several.
+    monkeypatch.setattr(type(metric), "FLUSH_EVERY", 3)
+    rng = np.random.default_rng(7)
+    pairs = [(rng.random((5, 6)) < 0.5, rng.random((5, 6)) < 0.4) for _ in range(8)]
+    for index, (prediction, truth) in enumerate(pairs):
+        metric.add(prediction=prediction, reference=truth, group="human" if index % 3 else "gpt4")
+    result = metric.compute()
+    counts = [naive_counts(*pair) for pair in pairs]
+    assert result["num_samples"] == 8 and result["cIoU"] == naive_metrics(counts)["cIoU"]
+    assert result["groups"]["gpt4"]["num_samples"] == 3
+    assert result["groups"]["gpt4"]["cIoU"] == naive_metrics([counts[0], counts[3], counts[6]])["cIoU"]
+    metric.add(prediction=pairs[0][0], reference=pairs[0][1])  # the next stream starts empty
+    assert metric.compute()["num_samples"] == 1
+
+
+TWO_PROCESSES = """
+import json, sys
+import evaluate
+import numpy as np
+rank, folder, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+metric = evaluate.load(folder, num_process=2, process_id=rank, experiment_id="two", cache_dir=cache)
+rng = np.random.default_rng(0)
+pairs = [(rng.random((6, 7)) < 0.5, rng.random((6, 7)) < 0.4) for _ in range(9)]
+for index in range(rank, len(pairs), 2):
+    metric.add(prediction=pairs[index][0], reference=pairs[index][1])
+print(json.dumps(metric.compute()))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_adding_per_sample_give_the_union_on_process_0(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cache = str(tmp_path / "cache")
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESSES, str(rank), MODULE_DIR, cache],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [process.communicate(timeout=300) for process in ranks]
+    assert [process.returncode for process in ranks] == [0, 0], outputs
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    rng = np.random.default_rng(0)
+    pairs = [(rng.random((6, 7)) < 0.5, rng.random((6, 7)) < 0.4) for _ in range(9)]
+    expected = naive_metrics([naive_counts(*pair) for pair in pairs])
+    assert second is None and first["num_samples"] == 9
+    assert first["cIoU"] == expected["cIoU"] and first["P@50:95"] == expected["P@50:95"]
+
+
+def test_the_installed_package_loads_its_module_from_any_folder(tmp_path, monkeypatch):
+    import instructpart_metric
+
+    elsewhere = tmp_path / "somewhere-else"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert not os.path.exists("instructpart_metric")  # evaluate.load by that name alone would fail here
+    loaded = instructpart_metric.load(cache_dir=str(tmp_path / "cache"))
+    truth = np.eye(4, dtype=bool)
+    half = truth.copy()
+    half[2:] = False
+    # IoUs 1 and 2/4 by hand
+    result = loaded.compute(predictions=[truth, half], references=[truth, truth])
+    assert result == {"gIoU": 0.75, "cIoU": 6 / 8, "P@50:95": (10 + 1) / 20, "P@50": 1.0, "num_samples": 2}

@@ -135,7 +135,7 @@ def test_evaluate_on_a_broken_checkpoint_is_one_line_on_stderr(broken_checkpoint
         check=False,
     )
     assert run.returncode == 2, run.stderr
-    line = _one_line_error(run.stderr, "pisa_model.evaluate: error: ")
+    line = _one_line_error(run.stderr, "python -m pisa_model.evaluate: error: ")
     assert path in line
     assert not os.path.exists(tmp_path / "out" / "results.json")
 
@@ -155,15 +155,16 @@ def test_evaluate_refuses_an_unwritable_output_before_any_work(release_dir, tmp_
     a_file.write_text("not a folder")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "results.json").mkdir()
+    # An output that cannot be written is a failed operation (exit 1), reported before any work.
     cases = [
-        (str(a_file), [], f"--output-dir {a_file} is a file, not a folder"),
-        (str(a_file / "sub" / "dir"), [], f"lies under the file {a_file}"),
-        (str(tmp_path / "out"), [], f"{tmp_path / 'out' / 'results.json'} is a folder"),
+        (str(a_file), [], f"{a_file}: cannot write: not a folder"),
+        (str(a_file / "sub" / "dir"), [], f"{a_file / 'sub' / 'dir'}: cannot write: {a_file} is a file, not a folder"),
+        (str(tmp_path / "out"), [], f"{tmp_path / 'out' / 'results.json'}: cannot write: Is a directory"),
     ]
     for output, extra, message in cases:
         argv = ["--model", "full-image", "--data-dir", release_dir, "--output-dir", output, "--no-progress", *extra]
-        assert evaluate_main(argv) == 2
-        line = _one_line_error(capsys.readouterr().err, "pisa_model.evaluate: error: ")
+        assert evaluate_main(argv) == 1
+        line = _one_line_error(capsys.readouterr().err, "python -m pisa_model.evaluate: error: ")
         assert message in line, line
     assert a_file.read_text() == "not a folder"
 
@@ -184,18 +185,18 @@ def test_a_fresh_run_refuses_a_folder_holding_another_run_and_a_resume_refuses_c
 
     # A fresh run into it: refused, nothing touched.
     assert train_main(_train_args(release_dir, out, "--max-steps", "1", "--lora-rank", "2")) == 2
-    line = _one_line_error(capsys.readouterr().err, "pisa_model.train: error: ")
+    line = _one_line_error(capsys.readouterr().err, "python -m pisa_model.train: error: ")
     assert f"{out} holds another run (checkpoints/, metrics.jsonl, model.safetensors)" in line
     assert "--overwrite-output-dir" in line
     # A resume already past --max-steps: refused, no "final" model written.
     resume = ["--data-dir", release_dir, "--output-dir", str(out), "--resume-from", "latest"]
     assert train_main([*resume, "--max-steps", "1"]) == 2
-    line = _one_line_error(capsys.readouterr().err, "pisa_model.train: error: ")
+    line = _one_line_error(capsys.readouterr().err, "python -m pisa_model.train: error: ")
     assert f"{checkpoint} is at step 2, past --max-steps 1" in line
     # A resume that changes what exact continuation needs: refused, naming the setting.
     for flag, value in [("--seed", "1"), ("--batch-size", "2"), ("--grad-accum", "2"), ("--lora-rank", "4")]:
         assert train_main([*resume, flag, value]) == 2
-        line = _one_line_error(capsys.readouterr().err, "pisa_model.train: error: ")
+        line = _one_line_error(capsys.readouterr().err, "python -m pisa_model.train: error: ")
         assert f"{flag} {value} differs from the" in line and f"{checkpoint} was trained with" in line, line
     assert (_digest(weights), _digest(checkpoint / "model.safetensors")) == before
 
@@ -212,7 +213,7 @@ def test_a_batch_larger_than_the_split_is_refused(release_dir, tmp_path, capsys)
     argv = _train_args(release_dir, tmp_path / "big", "--split", "train200", "--max-steps", "1")
     argv[argv.index("--batch-size") + 1] = str(rows + 1)
     assert train_main(argv) == 2
-    line = _one_line_error(capsys.readouterr().err, "pisa_model.train: error: ")
+    line = _one_line_error(capsys.readouterr().err, "python -m pisa_model.train: error: ")
     assert f"--batch-size {rows + 1} x 1 process(es) is more than the {rows} rows of trps / train200" in line
     assert not os.path.exists(tmp_path / "big" / "model.safetensors")
 
@@ -224,7 +225,7 @@ def test_a_second_run_into_a_locked_folder_fails_at_once(release_dir, tmp_path, 
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert train_main(_train_args(release_dir, out, "--max-steps", "1")) == 2
-        line = _one_line_error(capsys.readouterr().err, "pisa_model.train: error: ")
+        line = _one_line_error(capsys.readouterr().err, "python -m pisa_model.train: error: ")
         assert f"{out}: another pisa_model.train run is writing there" in line
         assert os.listdir(out) == []
     finally:

@@ -136,7 +136,7 @@ def test_bad_input_exits_with_one_line(release_dir, tmp_path, capsys):
         argv = ["--data-dir", release_dir, "--output-dir", str(tmp_path / "bad"), "--max-steps", "1", *COMMON, *extra]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1].startswith("pisa_model.train: error:") and message in err[-1], err
+        assert err[-1].startswith("python -m pisa_model.train: error:") and message in err[-1], err
     assert (
         main(["--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "bad"), "--max-steps", "1"]) == 2
     )

@@ -284,7 +284,7 @@ def test_cli_missing_prediction_is_a_one_line_error(scored, release_dir, tmp_pat
     victim = sorted((broken / "gpt4").iterdir())[0]
     victim.unlink()
     out = tmp_path / "out"
-    assert metric_main(["report", "--data-dir", release_dir, "--out", str(out), "--predictions", f"m={broken}"]) == 1
+    assert metric_main(["report", "--data-dir", release_dir, "--out", str(out), "--predictions", f"m={broken}"]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and str(victim) in error and "missing" in error
     assert not (out / "report.html").exists()
@@ -297,7 +297,7 @@ def test_wrong_size_prediction_names_the_file(scored, release_dir, tmp_path, cap
     victim = sorted((broken / "human").iterdir())[0]
     Image.new("L", (5, 7), 255).save(victim)
     argv = ["report", "--data-dir", release_dir, "--out", str(tmp_path / "o"), "--predictions", f"m={broken}"]
-    assert metric_main(argv) == 1
+    assert metric_main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and str(victim) in error and "5x7" in error
 
@@ -374,7 +374,7 @@ def test_a_trps_only_folder_reports_with_config_trps_and_says_so_without_it(scor
     for kind in CONFIGS["trps"]:
         shutil.copytree(os.path.join(predictions["referrer"], kind), trps_only / kind)
     argv = ["report", "--data-dir", release_dir, "--predictions", f"m={trps_only}"]
-    assert metric_main([*argv, "--out", str(tmp_path / "both")]) == 1
+    assert metric_main([*argv, "--out", str(tmp_path / "both")]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "part_question" in error and "pass --config" in error
     assert metric_main([*argv, "--out", str(tmp_path / "trps"), "--config", "trps"]) == 0

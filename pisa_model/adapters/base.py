@@ -209,10 +209,23 @@ def resolve_dtype(dtype):
     return names[dtype]
 
 
+def dtype_options(dtype) -> dict:
+    """`from_pretrained` keyword arguments loading a model in `dtype` (none: the checkpoint's own dtype).
+
+    Loading in the dtype, not `.to(dtype)` afterwards, is what keeps the float32 buffers transformers keeps
+    on purpose (e.g. the rotary embedding's inv_freq): `.to(torch.bfloat16)` would round them too."""
+    dtype = resolve_dtype(dtype)
+    return {} if dtype is None else {"dtype": dtype}
+
+
 def prepare_model(model, device, dtype):
-    """The model in eval mode on `device` / `dtype` (CPU and the checkpoint's dtype by default)."""
+    """The model in eval mode on `device` (CPU by default), cast to `dtype` only if it was not loaded in it
+    (see `dtype_options`)."""
     model.eval()
-    return model.to(device=device or "cpu", dtype=resolve_dtype(dtype))
+    dtype = resolve_dtype(dtype)
+    if dtype is not None and model.dtype != dtype:
+        model = model.to(dtype=dtype)
+    return model.to(device=device or "cpu")
 
 
 def upsample_probabilities(probabilities, size: tuple) -> np.ndarray:

@@ -14,6 +14,7 @@ Batching    images and texts are batched as they come (fixed image size; padded 
 from .base import (
     Adapter,
     check_batch,
+    dtype_options,
     load_pretrained,
     prepare_model,
     register_adapter,
@@ -66,7 +67,7 @@ def _clipseg(argument, *, device=None, dtype=None, threshold: float = DEFAULT_TH
     from transformers import AutoProcessor, CLIPSegForImageSegmentation
 
     checkpoint = require_argument("clipseg", argument, "clipseg:CHECKPOINT")
-    model = load_pretrained(CLIPSegForImageSegmentation.from_pretrained, checkpoint, "clipseg")
+    model = load_pretrained(CLIPSegForImageSegmentation.from_pretrained, checkpoint, "clipseg", **dtype_options(dtype))
     processor = load_pretrained(AutoProcessor.from_pretrained, checkpoint, "clipseg")
     model = prepare_model(model, device, resolve_dtype(dtype))
     return ClipSegAdapter(model, processor, threshold=threshold, name=f"clipseg:{argument}")

@@ -21,6 +21,7 @@ from .base import (
     Adapter,
     check_batch,
     checked_checkpoint,
+    dtype_options,
     load_pretrained,
     prepare_model,
     register_adapter,
@@ -124,9 +125,11 @@ def _grounded_sam(argument, *, device=None, dtype=None):
     dino_checkpoint = checked_checkpoint(parts[0], "grounding-dino")  # both refused before either loads
     sam_checkpoint = checked_checkpoint(parts[1], "sam")
     dtype = resolve_dtype(dtype)
-    detector = load_pretrained(GroundingDinoForObjectDetection.from_pretrained, dino_checkpoint, "grounding-dino")
+    detector = load_pretrained(
+        GroundingDinoForObjectDetection.from_pretrained, dino_checkpoint, "grounding-dino", **dtype_options(dtype)
+    )
     detector_processor = load_pretrained(AutoProcessor.from_pretrained, dino_checkpoint, "grounding-dino")
-    sam = load_pretrained(SamModel.from_pretrained, sam_checkpoint, "sam")
+    sam = load_pretrained(SamModel.from_pretrained, sam_checkpoint, "sam", **dtype_options(dtype))
     sam_processor = load_pretrained(AutoProcessor.from_pretrained, sam_checkpoint, "sam")
     return GroundedSamAdapter(
         prepare_model(detector, device, dtype),

@@ -16,6 +16,7 @@ Batching    the whole batch goes to one `predict` call (padded text is masked; t
 from .base import (
     Adapter,
     check_batch,
+    dtype_options,
     load_pretrained,
     prepare_model,
     register_adapter,
@@ -64,7 +65,7 @@ def _pisa(argument, *, device=None, dtype=None, generate: bool = False, max_new_
     from ..modeling_pisa import PisaForPartSegmentation
 
     checkpoint = require_argument("pisa", argument, "pisa:CHECKPOINT (or the checkpoint folder alone)")
-    model = load_pretrained(PisaForPartSegmentation.from_pretrained, checkpoint, "pisa")
+    model = load_pretrained(PisaForPartSegmentation.from_pretrained, checkpoint, "pisa", **dtype_options(dtype))
     model = prepare_model(model, device, resolve_dtype(dtype))
     try:  # load it now: a checkpoint without one is refused before any prediction
         model.get_processor()

@@ -27,6 +27,7 @@ from .base import (
     Adapter,
     check_batch,
     checked_checkpoint,
+    dtype_options,
     load_adapter,
     load_pretrained,
     prepare_model,
@@ -231,7 +232,9 @@ def _reason_then_ground(argument, *, device=None, dtype=None, max_new_tokens: in
     vlm_checkpoint = checked_checkpoint(vlm_checkpoint, "reasoning VLM")  # refuse a missing one before loading
     dtype = resolve_dtype(dtype)
     segmenter = load_adapter(segmenter_spec, device=device, dtype=dtype)
-    model = load_pretrained(AutoModelForImageTextToText.from_pretrained, vlm_checkpoint, "reasoning VLM")
+    model = load_pretrained(
+        AutoModelForImageTextToText.from_pretrained, vlm_checkpoint, "reasoning VLM", **dtype_options(dtype)
+    )
     processor = load_pretrained(AutoProcessor.from_pretrained, vlm_checkpoint, "reasoning VLM")
     reasoner = VisionLanguageReasoner(prepare_model(model, device, dtype), processor, max_new_tokens=max_new_tokens)
     return ReasonThenGroundAdapter(reasoner, segmenter, name=f"reason-then-ground:{argument}")

@@ -28,6 +28,7 @@ from .base import (
     Adapter,
     check_batch,
     checked_checkpoint,
+    dtype_options,
     load_pretrained,
     prepare_model,
     register_adapter,
@@ -107,7 +108,7 @@ def _sam3(argument, *, device=None, dtype=None, threshold: float = DEFAULT_THRES
     from transformers import Sam3Model
 
     checkpoint = checked_checkpoint(require_argument("sam3", argument, "sam3:CHECKPOINT"), "sam3")
-    model = load_pretrained(Sam3Model.from_pretrained, checkpoint, "sam3")
+    model = load_pretrained(Sam3Model.from_pretrained, checkpoint, "sam3", **dtype_options(dtype))
     image_processor, tokenizer = load_sam3_preprocessing(checkpoint)
     return Sam3Adapter(
         prepare_model(model, device, resolve_dtype(dtype)),
