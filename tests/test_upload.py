@@ -24,6 +24,7 @@ def staged_dataset(release_dir, tmp_path_factory):
     return stage, counts
 
 
+@pytest.mark.slow
 def test_staged_dataset_verifies_in_a_process_without_the_project(staged_dataset):
     stage, counts = staged_dataset
     upload.verify_dataset(stage, counts)  # raises on any difference
@@ -40,6 +41,7 @@ def test_isolation_really_blocks_the_project(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_a_broken_stage_fails_verification(staged_dataset, tmp_path):
     import shutil
 
@@ -107,6 +109,31 @@ def test_push_to_the_fake_hub_fails_like_the_real_one_without_a_token(staged_dat
         assert hub.repos == {}
 
 
+def test_the_fake_hub_refuses_bad_card_metadata_as_the_hub_does(tmp_path, hub_client_online):
+    from huggingface_hub import HfApi
+
+    stage = str(tmp_path / "space")
+    upload.stage_model_space(stage, "org/pisa-tiny")
+    readme = os.path.join(stage, "README.md")
+    with open(readme) as f:
+        text = f.read()
+    with open(readme, "w") as f:
+        f.write(text.replace("colorFrom: red", "colorFrom: orange"))
+    with FakeHub(TOKEN) as hub:
+        with pytest.raises(ValueError, match="Invalid metadata in README.md"):
+            upload.push(
+                stage,
+                "org/demo",
+                "space",
+                private=False,
+                revision=None,
+                commit_message="m",
+                api=HfApi(hub.url, token=TOKEN),
+                space_sdk="gradio",
+            )
+        assert hub.repos[("space", "org/demo")]["commits"] == []
+
+
 def test_push_calls_only_methods_and_arguments_hfapi_has(staged_dataset):
     from huggingface_hub import HfApi
 
@@ -136,6 +163,7 @@ def _run_upload(args, tmp_path, drop=(), **env):
     )
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
     result = _run_upload(
         ["dataset", "--data-dir", release_dir, "--repo-id", "org/instructpart", "--dry-run", "--private"],
@@ -148,6 +176,7 @@ def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
     assert (tmp_path / "hub-staging" / "dataset" / "instructpart" / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_offline_push_fails_in_one_line_keeps_the_stage_and_hides_the_token(release_dir, tmp_path):
     token = "hf_secretTokenThatMustNotLeak123"
     result = _run_upload(
@@ -246,6 +275,7 @@ def _results_file(path, config, split, metrics_by_type):
     return str(path)
 
 
+@pytest.mark.slow
 def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_results(tiny_checkpoint, tmp_path):
     import yaml
 
