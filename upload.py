@@ -1,7 +1,7 @@
 """Publish the InstructPart dataset, the metric and a PISA model to the Hugging Face Hub.
 
     python upload.py dataset --data-dir RELEASE --repo-id ORG/instructpart [--dry-run]
-    python upload.py metric  --repo-id ORG/instructpart [--dry-run]
+    python upload.py metric  --repo-id ORG/instructpart [--dataset-id ORG/instructpart] [--dry-run]
     python upload.py model   --checkpoint DIR --repo-id ORG/pisa-7b [--results trps.json --results orps.json]
                              [--space ORG/pisa-7b-demo] [--dry-run]
     common options: --stage DIR  --private  --revision BRANCH
@@ -10,8 +10,9 @@ Each repository is built completely in a local staging folder (as open_clip stag
 `upload_folder`), then verified in a fresh Python process that cannot import this project, by
 loading it exactly as a user would: `load_dataset(stage, "trps")`, `evaluate.load(stage)`,
 `AutoModel.from_pretrained(stage, trust_remote_code=True)` and `pipeline(...)`; a Space's app is
-launched on a loopback port and queried through `gradio_client`. Only then is it pushed, with
-`HfApi.create_repo(exist_ok=True)` and one `upload_folder` commit, whatever the size.
+launched on a loopback port and queried through `gradio_client` (gradio must be installed:
+`pip install -e ".[space]"`). Only then is anything pushed, with `HfApi.create_repo(exist_ok=True)` and
+`upload_folder`, whatever the size (one commit; huggingface_hub 2.x with hf_xet splits very large folders).
 `--dry-run` stops after verification and prints the files.
 The token comes from `hf auth login` or HF_TOKEN and is never printed; a failed push leaves the
 staged folder for a retry.
@@ -409,7 +410,7 @@ def push(
     if revision:
         api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
     # upload_folder exists in every huggingface_hub the ranges allow (upload_large_folder left in 2.x); it sends
-    # large files through the Hub's LFS/Xet storage and adds everything in one commit, whatever the folder's size.
+    # large files through the Hub's LFS/Xet storage, in one commit (2.x with hf_xet batches huge folders itself).
     api.upload_folder(
         repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision, commit_message=commit_message
     )

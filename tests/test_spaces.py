@@ -1,14 +1,14 @@
 """The two Spaces as users meet them: the staged app.py served on a loopback port in a process that cannot import
-this project, used through gradio_client (its API) and checked against values computed another way, then the page
-rendered in headless Chromium and screenshotted under the test's tmp dir."""
+this project, used through gradio_client (its API) and checked against values computed another way, then used in
+headless Chromium (upload, type, click, read the result) with screenshots under the test's tmp dir."""
 
+import contextlib
 import io
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
+import urllib.request
 import zipfile
 
 import numpy as np
@@ -19,8 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import upload  # noqa: E402
-from fresh_process import serve_isolated  # noqa: E402
+from fresh_process import run_isolated, serve_isolated  # noqa: E402
 
+# The number of images Gradio shows from its file route (uploads, examples and results), loaded and laid out.
+FILE_IMAGES = (
+    "() => Array.from(document.querySelectorAll('img[src*=\"/gradio_api/file=\"]'))"
+    ".filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().height > 0).length"
+)
+SETTLE_MS = 1500  # Gradio fades results in: let the screenshot show them settled
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -30,42 +36,34 @@ def client_for(url, tmp_path):
     return Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
 
 
-def render_in_chromium(url: str, screenshot: str) -> str:
-    """The DOM headless Chromium built for `url` once its scripts ran (Gradio renders the page client-side), and a
-    screenshot of the same page. Every host but 127.0.0.1 is unresolvable: the page must need nothing else."""
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,1300",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        "--virtual-time-budget=20000",
-    ]
-    try:
-        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-        subprocess.run([CHROMIUM, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    return dom.stdout
+@contextlib.contextmanager
+def browser_page(url: str):
+    """A page of the system's headless Chromium (driven by Playwright) opened at `url` once Gradio has rendered it.
+    Every host but 127.0.0.1 is unresolvable: the page must need nothing else."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(90_000)
+            page.goto(url)
+            page.locator("gradio-app .gradio-container").wait_for()
+            yield page
+        finally:
+            browser.close()
 
 
-def check_page(url, tmp_path, name, texts):
-    if CHROMIUM is None:
-        return  # the API checks above still ran; only the browser part needs Chromium
-    screenshot = str(tmp_path / f"{name}.png")
-    dom = render_in_chromium(url, screenshot)
-    missing = [text for text in texts if text not in dom]
-    assert not missing, f"{name}: the rendered page lacks {missing}"
-    with Image.open(screenshot) as shot:
-        assert shot.size == (1280, 1300)
-        # A rendered page, not a blank one: many distinct colours (text, buttons, upload areas).
-        assert len(shot.convert("RGB").getcolors(1 << 20) or []) > 50
+def shown_images(page) -> list:
+    """The images Gradio shows as results (served from its file route), fetched as the browser got them."""
+    sources = page.eval_on_selector_all("img", "images => images.map(i => i.src)")
+    images = []
+    for source in sources:
+        if "/gradio_api/file=" in source:
+            with urllib.request.urlopen(source, timeout=30) as response:
+                images.append(Image.open(io.BytesIO(response.read())))
+    return images
 
 
 # --- the PISA demo Space ---------------------------------------------------------------------------------------
@@ -119,7 +117,25 @@ def test_pisa_space_segments_an_upload_like_model_predict(pisa_space, tmp_path):
             client.predict(handle_file(requests[1][0]), "lid", "generated", api_name="/segment")
         with pytest.raises(Exception, match="Type an instruction"):
             client.predict(handle_file(requests[1][0]), "  ", "teacher-forced", api_name="/segment")
-        check_page(app.url, tmp_path, "pisa-space", ["PISA: task-oriented part segmentation", "instruction", "Segment"])
+        if CHROMIUM is not None:
+            image_path, instruction = requests[0]
+            with browser_page(app.url) as page:
+                page.screenshot(path=str(tmp_path / "pisa-space-opened.png"))
+                examples = page.evaluate(FILE_IMAGES)
+                page.locator("input[type=file]").first.set_input_files(image_path)
+                page.get_by_label("instruction").fill(instruction)
+                page.wait_for_function(f"n => ({FILE_IMAGES})() >= n", arg=examples + 1)  # the photo's preview
+                shown_before = page.evaluate(FILE_IMAGES)
+                page.get_by_role("button", name="Segment").click()
+                page.wait_for_function(
+                    "() => Array.from(document.querySelectorAll('textarea')).some(t => t.value.includes('pixels'))"
+                )
+                page.wait_for_function(f"n => ({FILE_IMAGES})() >= n", arg=shown_before + 2)  # overlay and mask
+                page.wait_for_timeout(SETTLE_MS)
+                page.screenshot(path=str(tmp_path / "pisa-space-used.png"))
+                (mask_image,) = [im for im in shown_images(page) if im.mode == "L"]
+            expected = model.predict([Image.open(image_path).convert("RGB")], [instruction])[0]
+            assert np.array_equal(np.asarray(mask_image) > 0, expected)  # the mask the user downloads
     assert app.output().count(f"loaded {checkpoint} in") == 1  # the model was loaded once, at startup
 
 
@@ -192,8 +208,9 @@ def test_metric_space_scores_pairs_and_zips_like_direct_counting(metric_space, r
     from instructpart_dataset.export import export_release
 
     rng = np.random.default_rng(5)
-    truth = rng.random((21, 34)) < 0.4
-    prediction = rng.random((21, 34)) < 0.5
+    yy, xx = np.mgrid[0:120, 0:200]  # a disc and a shifted, noisy disc: a picture a user would recognise
+    truth = (yy - 60) ** 2 + (xx - 90) ** 2 < 45**2
+    prediction = ((yy - 55) ** 2 + (xx - 110) ** 2 < 42**2) ^ (rng.random((120, 200)) < 0.03)
     Image.fromarray(truth).save(tmp_path / "truth.png")  # mode 1
     Image.fromarray(prediction.astype(np.uint8) * 255).convert("RGB").save(tmp_path / "prediction.png")  # RGB
 
@@ -257,4 +274,36 @@ def test_metric_space_scores_pairs_and_zips_like_direct_counting(metric_space, r
                 False,
                 api_name="/score_zip",
             )
-        check_page(app.url, tmp_path, "metric-space", ["InstructPart metric", "predicted mask", "Score the pair"])
+        if CHROMIUM is not None:
+            with browser_page(app.url) as page:
+                page.screenshot(path=str(tmp_path / "metric-space-opened.png"))
+                uploads = page.locator("input[type=file]")
+                uploads.nth(0).set_input_files(str(tmp_path / "prediction.png"))
+                uploads.nth(1).set_input_files(str(tmp_path / "truth.png"))
+                page.wait_for_function(f"() => ({FILE_IMAGES})() >= 2")  # both previews
+                page.get_by_role("button", name="Score the pair").click()
+                page.get_by_text("intersection").wait_for()
+                page.wait_for_function(f"() => ({FILE_IMAGES})() >= 3")  # the agreement picture
+                page.wait_for_timeout(SETTLE_MS)
+                page.screenshot(path=str(tmp_path / "metric-space-used.png"))
+                shown = page.locator("body").inner_text()
+            expected = _naive_scores([(prediction, truth)])
+            assert f"{expected['gIoU']}" in shown and f"{int((prediction | truth).sum())}" in shown
+
+
+@pytest.mark.slow
+def test_metric_app_finds_the_module_script_and_card_in_the_package_and_in_a_stage(metric_space):
+    from instructpart_metric.space import app
+
+    package = os.path.join(ROOT, "instructpart_metric")
+    assert app.find_metric_script() == os.path.join(package, "instructpart_metric.py")
+    assert app.find_card() == os.path.join(package, "README.md")
+    # In the stage the script is renamed after the repo and sits beside app.py with core.py (no Metric there).
+    found = run_isolated(
+        "import json, runpy\n"
+        "app = runpy.run_path('app.py')\n"
+        "print(json.dumps([app['find_metric_script'](), app['find_card']()]))",
+        metric_space,
+        "metric app discovery",
+    )
+    assert found == [os.path.join(metric_space, "instructpart.py"), os.path.join(metric_space, "README.md")]
