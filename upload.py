@@ -1,7 +1,7 @@
 """Publish the InstructPart dataset, the metric and a PISA model to the Hugging Face Hub.
 
     python upload.py dataset --data-dir RELEASE --repo-id ORG/instructpart [--dry-run]
-    python upload.py metric  --repo-id ORG/instructpart [--dry-run]
+    python upload.py metric  --repo-id ORG/instructpart [--dataset-id ORG/instructpart] [--dry-run]
     python upload.py model   --checkpoint DIR --repo-id ORG/pisa-7b [--results results.json] [--compare-published]
                              [--space ORG/pisa-7b-demo] [--dry-run]
     common options: --stage DIR  --private  --revision BRANCH
@@ -9,9 +9,11 @@
 Each repository is built completely in a local staging folder (as open_clip stages before
 `upload_folder`), then verified in a fresh Python process that cannot import this project, by
 loading it exactly as a user would: `load_dataset(stage, "trps")`, `evaluate.load(stage)`,
-`AutoModel.from_pretrained(stage, trust_remote_code=True)` and `pipeline(...)`. Only then is it
-pushed, with `HfApi.create_repo(exist_ok=True)` and one `upload_folder` commit
-(`upload_large_folder` above 5 GiB). `--dry-run` stops after verification and prints the files.
+`AutoModel.from_pretrained(stage, trust_remote_code=True)` and `pipeline(...)`; a Space's app is
+launched on a loopback port and queried through `gradio_client` (gradio must be installed:
+`pip install -e ".[space]"`). Only then is anything pushed, with `HfApi.create_repo(exist_ok=True)` and
+`upload_folder`, whatever the size (one commit; huggingface_hub 2.x with hf_xet splits very large folders).
+`--dry-run` stops after verification and prints the files.
 The token comes from `hf auth login` or HF_TOKEN and is never printed; a failed push leaves the
 staged folder for a retry.
 """
@@ -20,55 +22,29 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import textwrap
 
+from fresh_process import IsolatedRunError, run_isolated, serve_isolated
 from instructpart_dataset.cli_errors import OperationFailed, run_command, writing
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LARGE_FOLDER_BYTES = 5 << 30
-OUR_PACKAGES = ("instructpart_dataset", "instructpart_metric", "pisa_model")
-# Released versions the metric Space installs (the tested ranges of setup.cfg).
-# Gradio itself comes with the Space's `sdk_version` (the card's YAML).
-SPACE_REQUIREMENTS = ("evaluate==0.4.6", "datasets==5.2.0", "numpy>=2.0,<3", "pillow>=11,<14")
+DISTRIBUTION = "instructpart"  # whose install_requires the Spaces' requirements.txt copy
+# What each Space's app imports besides gradio (which comes with the card's `sdk_version`).
+METRIC_SPACE_NEEDS = ("evaluate", "datasets", "huggingface_hub", "numpy", "pillow")
+MODEL_SPACE_NEEDS = ("transformers", "torch", "safetensors", "huggingface_hub", "numpy", "pillow")
 
 
 class UploadError(OperationFailed):
     """A one-line reason the upload stopped after its input was accepted (exit 1: see cli_errors)."""
 
 
-# --- verification in a process that cannot import this project -------------------------------------------------
-
-_ISOLATION_PRELUDE = f"""
-import sys
-class _NoProjectImports:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {OUR_PACKAGES!r}:
-            raise ImportError(name + " is not importable here: this check runs as a user of the Hub repo")
-sys.meta_path.insert(0, _NoProjectImports())
-sys.path = [p for p in sys.path if p not in ("", {HERE!r})]
-"""
-
-
-def run_isolated(code: str, cwd: str, what: str) -> dict:
-    """Run `code` in a fresh interpreter that cannot import this project; it prints one JSON line last."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    # Fresh caches: datasets keys a local folder's cache on file names and mtimes, so a stale cache could
-    # make a broken stage look fine; remote code must be copied from the stage, not found in a cache.
-    caches = tempfile.mkdtemp(prefix="upload-verify-")
-    env.update(HF_DATASETS_CACHE=os.path.join(caches, "datasets"), HF_MODULES_CACHE=os.path.join(caches, "modules"))
-    script = _ISOLATION_PRELUDE + textwrap.dedent(code)
+def verify_isolated(code: str, cwd: str, what: str, **kwargs) -> dict:
+    """`fresh_process.run_isolated` with its failure reported as a failed verification."""
     try:
-        result = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True)
-    finally:
-        shutil.rmtree(caches, ignore_errors=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UploadError(f"verification failed: {what}: {last}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        return run_isolated(code, cwd, what, **kwargs)
+    except IsolatedRunError as error:
+        raise UploadError(f"verification failed: {error}") from None
 
 
 # --- dataset ---------------------------------------------------------------------------------------------------
@@ -82,7 +58,7 @@ def stage_dataset(data_dir: str, stage: str) -> dict:
 
 def verify_dataset(stage: str, counts: dict) -> None:
     """Load the staged folder by its name, as `load_dataset("ORG/instructpart", config)` would load the repo."""
-    found = run_isolated(
+    found = verify_isolated(
         f"""
         import json, datasets
         counts = {{}}
@@ -102,49 +78,71 @@ def verify_dataset(stage: str, counts: dict) -> None:
 
 # --- metric ----------------------------------------------------------------------------------------------------
 
-# evaluate's stock widget would ask for the module's features, which are counts: take two masks instead.
-METRIC_APP = """import evaluate
-import gradio as gr
-import numpy as np
 
-metric = evaluate.load("{repo_id}")
+def space_requirements(names) -> str:
+    """requirements.txt of a Space: the version ranges of `names` exactly as this project's installed
+    distribution declares them (setup.cfg's install_requires), so that the Space runs what the tests ran."""
+    from importlib.metadata import PackageNotFoundError, requires
 
+    from packaging.requirements import Requirement
 
-def score(prediction, truth):
-    if prediction is None or truth is None:
-        raise gr.Error("Upload a predicted mask and its ground-truth mask (non-zero pixels = the part).")
-    if prediction.size != truth.size:
-        raise gr.Error(f"The masks differ in size: {{prediction.size}} vs {{truth.size}}; masks are never resized.")
-    result = metric.compute(predictions=[np.asarray(prediction.convert("L")) > 0],
-                            references=[np.asarray(truth.convert("L")) > 0])
-    return {{key: round(100 * value, 2) for key, value in result.items() if key != "num_samples"}}
-
-
-gr.Interface(
-    score,
-    inputs=[gr.Image(type="pil", label="predicted mask"), gr.Image(type="pil", label="ground-truth mask")],
-    outputs=gr.JSON(label="percent"),
-    title="InstructPart metric",
-    description="gIoU, cIoU, P@50:95 and P@50 of one mask pair. Score a whole model with "
-    "evaluate.load('{repo_id}').compute(predictions=masks, references=truths).",
-).launch()
-"""
+    try:
+        declared = [Requirement(line) for line in requires(DISTRIBUTION) or []]
+    except PackageNotFoundError:
+        raise UploadError(f"{DISTRIBUTION} is not installed: run `pip install -e .` in {HERE}") from None
+    ranges = {req.name.lower().replace("_", "-"): str(req) for req in declared if req.marker is None}
+    lines = []
+    for name in names:
+        key = name.lower().replace("_", "-")
+        if key not in ranges:
+            raise UploadError(f"{name} is not among {DISTRIBUTION}'s install_requires; cannot pin it in a Space")
+        lines.append(ranges[key])
+    return "\n".join(lines) + "\n"
 
 
-def stage_metric(stage: str, repo_id: str) -> None:
+def gradio_version() -> str:
+    """The installed gradio's version: the Space card's `sdk_version`, the gradio its app is launched with here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradio")
+    except PackageNotFoundError:
+        raise UploadError(
+            "gradio is not installed: a Space is launched before it is pushed (pip install -e '.[space]')"
+        ) from None
+
+
+def _write_space_files(stage: str, app_file: str, needs, card) -> None:
+    """app.py, requirements.txt and the card (README.md) with the Space metadata the Hub reads."""
+    shutil.copy(app_file, os.path.join(stage, "app.py"))
+    with open(os.path.join(stage, "requirements.txt"), "w") as f:
+        f.write(space_requirements(needs))
+    card.data.sdk = "gradio"
+    card.data.sdk_version = gradio_version()
+    card.data.app_file = "app.py"
+    card.save(os.path.join(stage, "README.md"))
+
+
+def stage_metric(stage: str, repo_id: str, dataset_id: str | None = None) -> None:
     """The evaluate module as a Space: `<repo name>.py` (so `evaluate.load(repo_id)` finds it), the modules it
-    imports, its card, the evaluate widget app and pinned requirements."""
+    imports, its card (listing the dataset whose zips the app scores), the app and requirements."""
+    from huggingface_hub import RepoCard
+
+    from instructpart_metric.space import APP_FILE
+
     source = os.path.join(HERE, "instructpart_metric")
     name = repo_id.split("/")[-1]
     _fresh_folder(stage)
     shutil.copy(os.path.join(source, "instructpart_metric.py"), os.path.join(stage, f"{name}.py"))
     for module in _relative_imports(os.path.join(source, "instructpart_metric.py")):
         shutil.copy(os.path.join(source, f"{module}.py"), os.path.join(stage, f"{module}.py"))
-    shutil.copy(os.path.join(source, "README.md"), os.path.join(stage, "README.md"))
-    with open(os.path.join(stage, "app.py"), "w") as f:
-        f.write(METRIC_APP.format(repo_id=repo_id))
-    with open(os.path.join(stage, "requirements.txt"), "w") as f:
-        f.write("\n".join(SPACE_REQUIREMENTS) + "\n")
+    card = RepoCard.load(os.path.join(source, "README.md"))
+    card.data.datasets = [dataset_id or _default_dataset_id(repo_id)]
+    _write_space_files(stage, APP_FILE, METRIC_SPACE_NEEDS, card)
+
+
+def _default_dataset_id(repo_id: str) -> str:
+    return f"{repo_id.split('/')[0]}/instructpart"
 
 
 def _relative_imports(script: str) -> list:
@@ -157,21 +155,32 @@ def _relative_imports(script: str) -> list:
     return sorted(set(modules))
 
 
-def check_app_compiles(stage: str) -> None:
-    """A Space's app.py must at least be valid Python: gradio is not installed here to run it."""
-    path = os.path.join(stage, "app.py")
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+def _space_client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="space-outputs-"))
+
+
+def launch_space(stage: str, query, env: dict | None = None, what: str = "the Space") -> None:
+    """Serve the staged app as the Space runs it (`python app.py`, in a fresh process that cannot import this
+    project) on a loopback port and call `query(gradio_client.Client)` against it."""
     try:
-        compile(source, path, "exec")
-    except SyntaxError as error:
-        raise UploadError(f"verification failed: {path} line {error.lineno}: {error.msg}") from None
+        with serve_isolated(os.path.join(stage, "app.py"), env=env) as app:
+            query(_space_client(app.url))
+    except IsolatedRunError as error:
+        raise UploadError(f"verification failed: {what}: {error}") from None
+    except UploadError:
+        raise
+    except Exception as error:  # the client reports app errors as its own exception types
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UploadError(f"verification failed: {what}: {type(error).__name__}: {message}") from None
 
 
 def verify_metric(stage: str) -> None:
-    """`evaluate.load(stage)` in a fresh process gives the numbers of the installed package on the same masks."""
-    check_app_compiles(stage)
+    """`evaluate.load(stage)` in a fresh process, and the staged app served and asked to score one mask pair,
+    give the numbers of the installed package on the same masks."""
     import numpy as np
+    from PIL import Image
 
     from instructpart_metric import StreamingScorer
 
@@ -183,7 +192,7 @@ def verify_metric(stage: str) -> None:
     for prediction, truth in zip(predictions, truths):
         scorer.add(prediction, truth)
     expected = scorer.compute()
-    found = run_isolated(
+    found = verify_isolated(
         f"""
         import json, evaluate, numpy as np
         metric = evaluate.load({stage!r})
@@ -197,6 +206,29 @@ def verify_metric(stage: str) -> None:
     )
     if any(abs(found[k] - expected[k]) > 1e-12 for k in expected):
         raise UploadError(f"verification failed: the staged metric gives {found}, the package {expected}")
+
+    workdir = tempfile.mkdtemp(prefix="verify-metric-space-")
+    try:
+        Image.fromarray(predictions[0]).save(os.path.join(workdir, "prediction.png"))
+        Image.fromarray(truths[0]).save(os.path.join(workdir, "truth.png"))
+        pair = StreamingScorer()
+        pair.add(predictions[0], truths[0])
+        expected_pair = {key: round(100 * value, 2) for key, value in pair.compute().items()}
+
+        def query(client):
+            from gradio_client import handle_file
+
+            metrics, _ = client.predict(
+                handle_file(os.path.join(workdir, "prediction.png")),
+                handle_file(os.path.join(workdir, "truth.png")),
+                api_name="/score_pair",
+            )
+            if {key: metrics[key] for key in expected_pair} != expected_pair:
+                raise UploadError(f"verification failed: the staged app scores {metrics}, the package {expected_pair}")
+
+        launch_space(stage, query, what=f"the metric Space {stage}/app.py")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- which checkpoint files may be published: decided by content, never by name ----------------------------------
@@ -306,32 +338,6 @@ def check_publishable_file(path: str) -> str:
 
 # --- model -----------------------------------------------------------------------------------------------------
 
-SPACE_APP = """import gradio as gr
-import numpy as np
-from PIL import Image
-from transformers import AutoModel
-
-model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
-
-
-def segment(image, instruction):
-    mask = model.predict([image], [instruction])[0]
-    overlay = np.asarray(image.convert("RGB")).copy()
-    overlay[mask] = (0.45 * overlay[mask] + 0.55 * np.array([255, 40, 40])).astype(np.uint8)
-    return Image.fromarray(overlay)
-
-
-demo = gr.Interface(
-    segment,
-    inputs=[gr.Image(type="pil", label="photo"), gr.Textbox(label="instruction")],
-    outputs=gr.Image(label="the part"),
-    title="PISA: task-oriented part segmentation",
-    description="Model: {repo_id}. Ask which part serves a task, e.g. 'If I want to open the cabinet, which part "
-    "should I use?'",
-)
-demo.launch()
-"""
-
 
 def _example_image(stage: str):
     """A generated example photo and its instruction, shown as the card's widget example."""
@@ -387,19 +393,61 @@ def stage_model(
     )
 
 
-def stage_model_space(stage: str, model_repo_id: str) -> None:
+def stage_model_space(stage: str, model_repo_id: str, license: str = "apache-2.0") -> None:
+    """The demo Space of `model_repo_id`: pisa_model/space/app.py, generated example photos, requirements and a
+    card whose `models:` links the Space to the model (and tells the app which model to load)."""
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    from pisa_model.space import APP_FILE, write_examples
+
     _fresh_folder(stage)
-    with open(os.path.join(stage, "app.py"), "w") as f:
-        f.write(SPACE_APP.format(repo_id=model_repo_id))
-    with open(os.path.join(stage, "requirements.txt"), "w") as f:
-        f.write("\n".join(["transformers>=5.23,<5.24", "torch>=2.13", "numpy>=2.0,<3", "pillow>=11,<14"]) + "\n")
-    with open(os.path.join(stage, "README.md"), "w") as f:
-        f.write(
-            "---\ntitle: PISA part segmentation\nemoji: 🔧\ncolorFrom: red\ncolorTo: gray\nsdk: gradio\n"
-            f"app_file: app.py\npinned: false\nmodels:\n- {model_repo_id}\n---\n\n"
-            f"Demo of [{model_repo_id}](https://huggingface.co/{model_repo_id}): an image and an instruction in, "
-            "the mask of the part that serves the task out.\n"
+    write_examples(os.path.join(stage, "examples"))
+    data = SpaceCardData(
+        title="PISA part segmentation",
+        emoji="🔧",
+        colorFrom="red",
+        colorTo="gray",
+        pinned=False,
+        license=license,
+        models=[model_repo_id],
+        tags=["instructpart", "part-segmentation"],
+    )
+    card = SpaceCard(
+        f"---\n{data.to_yaml()}\n---\n\n"
+        f"Demo of [{model_repo_id}](https://huggingface.co/{model_repo_id}): a photo and an instruction in, the photo "
+        "with the part that serves the task overlaid and the part's mask (PNG) out. The example photos are "
+        "generated; the InstructPart release's photos are not redistributed here.\n\n"
+        f"Run it locally: `pip install gradio=={gradio_version()} -r requirements.txt && python app.py --model "
+        f"{model_repo_id}` (or a checkpoint folder).\n"
+    )
+    _write_space_files(stage, APP_FILE, MODEL_SPACE_NEEDS, card)
+
+
+def verify_model_space(space_stage: str, model_stage: str, checkpoint: str) -> None:
+    """Serve the staged Space on the staged model (as the Hub would load it) and check that the mask it returns
+    for a generated photo is the checkpoint's `predict` mask in this process."""
+    import numpy as np
+    from PIL import Image
+
+    from pisa_model import PisaForPartSegmentation
+
+    with open(os.path.join(space_stage, "examples", "examples.json"), encoding="utf-8") as f:
+        example = json.load(f)[0]
+    image_path = os.path.join(space_stage, "examples", example["image"])
+    expected = PisaForPartSegmentation.from_pretrained(checkpoint).predict(
+        [Image.open(image_path)], [example["instruction"]]
+    )[0]
+
+    def query(client):
+        from gradio_client import handle_file
+
+        _, mask_path, _ = client.predict(
+            handle_file(image_path), example["instruction"], "teacher-forced", api_name="/segment"
         )
+        if not np.array_equal(np.asarray(Image.open(mask_path).convert("L")) > 0, expected):
+            raise UploadError("verification failed: the staged Space's mask differs from the checkpoint's predict")
+
+    launch_space(space_stage, query, env={"PISA_MODEL": model_stage}, what=f"the demo Space {space_stage}/app.py")
 
 
 def verify_model(checkpoint: str, stage: str) -> None:
@@ -423,7 +471,7 @@ def verify_model(checkpoint: str, stage: str) -> None:
 
         model = PisaForPartSegmentation.from_pretrained(checkpoint)
         expected = [m.tolist() for m in model.predict([Image.open(p) for p in paths], instructions)]
-        found = run_isolated(
+        found = verify_isolated(
             f"""
             import json, numpy as np
             from PIL import Image
@@ -462,21 +510,19 @@ def folder_files(stage: str) -> list:
 def push(
     stage: str, repo_id: str, repo_type: str, *, private: bool, revision, commit_message: str, api=None, space_sdk=None
 ) -> str:
-    """Create the repo if needed and upload the staged folder in one commit; returns the repo URL."""
+    """Create the repo if needed (and the branch `revision`) and upload the staged folder in one commit; returns
+    the repo URL."""
     from huggingface_hub import HfApi
 
     api = api if api is not None else HfApi()
     url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
     if revision:
         api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
-    if sum(size for _, size in folder_files(stage)) > LARGE_FOLDER_BYTES:
-        api.upload_large_folder(
-            repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision, private=private
-        )
-    else:
-        api.upload_folder(
-            repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision, commit_message=commit_message
-        )
+    # upload_folder exists in every huggingface_hub the ranges allow (upload_large_folder left in 2.x); it sends
+    # large files through the Hub's LFS/Xet storage, in one commit (2.x with hf_xet batches huge folders itself).
+    api.upload_folder(
+        repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision, commit_message=commit_message
+    )
     return str(url)
 
 
@@ -547,7 +593,7 @@ def cmd_dataset(args) -> None:
 
 def cmd_metric(args) -> None:
     stage = _stage_dir(args, "metric", args.repo_id)
-    stage_metric(stage, args.repo_id)
+    stage_metric(stage, args.repo_id, dataset_id=args.dataset_id)
     verify_metric(stage)
     _publish(args, stage, "space", "the InstructPart metric", space_sdk="gradio")
 
@@ -566,11 +612,12 @@ def cmd_model(args) -> None:
         compare_published=args.compare_published,
     )
     verify_model(args.checkpoint, stage)
+    if args.space:  # staged and launched before anything is pushed
+        space_stage = _stage_dir(args, "model-space", args.space)
+        stage_model_space(space_stage, args.repo_id, license=args.license)
+        verify_model_space(space_stage, stage, args.checkpoint)
     _publish(args, stage, "model", f"PISA checkpoint {os.path.basename(os.path.abspath(args.checkpoint))}")
     if args.space:
-        space_stage = _stage_dir(args, "model-space", args.space)
-        stage_model_space(space_stage, args.repo_id)
-        check_app_compiles(space_stage)
         space_args = argparse.Namespace(**{**vars(args), "repo_id": args.space})
         _publish(space_args, space_stage, "space", "the PISA demo Space", space_sdk="gradio")
 
@@ -593,6 +640,9 @@ def main(argv=None) -> int:
     common(dataset)
     dataset.set_defaults(run=cmd_dataset)
     metric = commands.add_parser("metric", help="the evaluate module as a Space")
+    metric.add_argument(
+        "--dataset-id", help="the dataset whose zips of predictions the Space scores (default ORG/instructpart)"
+    )
     common(metric)
     metric.set_defaults(run=cmd_metric)
     model = commands.add_parser("model", help="a PISA checkpoint with its card")

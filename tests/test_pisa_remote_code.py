@@ -2,9 +2,7 @@
 
 import json
 import os
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -14,18 +12,12 @@ from PIL import Image
 from pisa_model import PisaForPartSegmentation
 from pisa_model.testing import save_tiny_components, tiny_pisa
 
-FRESH_PROCESS = textwrap.dedent(
-    """
-    import importlib.abc, importlib.util, json, sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fresh_process import run_isolated  # noqa: E402
 
-    class Block(importlib.abc.MetaPathFinder):
-        # Our packages may be installed (editable) in this venv: make them unimportable here.
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("pisa_model", "instructpart_dataset", "instructpart_metric"):
-                raise ModuleNotFoundError(f"blocked: {name}")
-
-    sys.meta_path.insert(0, Block())
-    sys.path = [p for p in sys.path if p not in ("", ".")]
+# Runs under fresh_process.run_isolated: our packages are unimportable there, as for a user of the Hub repo.
+FRESH_PROCESS = """
+    import json, sys
     try:
         import pisa_model
     except ModuleNotFoundError:
@@ -54,10 +46,10 @@ FRESH_PROCESS = textwrap.dedent(
         "pipeline_mask": np.asarray(result["mask"]).tolist(), "mask_mode": result["mask"].mode,
         "loaded": sorted(m for m in sys.modules if m.split(".")[0] == "pisa_model"),
     }))
-    """
-)
+"""
 
 
+@pytest.mark.slow
 def test_fresh_process_loads_model_processor_and_pipeline_without_the_package(tmp_path):
     model, _ = tiny_pisa(seed=0)
     folder = tmp_path / "checkpoint"
@@ -73,19 +65,13 @@ def test_fresh_process_loads_model_processor_and_pipeline_without_the_package(tm
     image.save(tmp_path / "image.png")
     work = tmp_path / "cwd"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    run = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(folder), str(tmp_path / "image.png"), str(tmp_path / "mask.npy")],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
+    report = run_isolated(
+        FRESH_PROCESS,
+        str(work),
+        "remote-code load",
+        args=[folder, tmp_path / "image.png", tmp_path / "mask.npy"],
         timeout=300,
-        check=False,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["loaded"] == []
     assert report["model_class"].startswith("transformers_modules.") and report["model_class"].endswith(
         ".PisaForPartSegmentation"

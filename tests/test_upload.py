@@ -1,36 +1,20 @@
 """upload.py: staging, verification as a user without this project, and the push at the HfApi boundary."""
 
+import fnmatch
 import os
 import subprocess
 import sys
+from unittest.mock import create_autospec
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from fake_hub import FakeHub  # noqa: E402
+
 import upload  # noqa: E402
-
-
-class RecordingApi:
-    """Stands in for HfApi at the one boundary upload.py crosses; records what would be sent."""
-
-    def __init__(self):
-        self.calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-        return f"https://huggingface.co/{repo_id}"
-
-    def create_branch(self, repo_id, **kwargs):
-        self.calls.append(("create_branch", repo_id, kwargs))
-
-    def upload_folder(self, **kwargs):
-        kwargs["files"] = sorted(path for path, _ in upload.folder_files(kwargs["folder_path"]))
-        self.calls.append(("upload_folder", kwargs.pop("repo_id"), kwargs))
-
-    def upload_large_folder(self, **kwargs):
-        self.calls.append(("upload_large_folder", kwargs.pop("repo_id"), kwargs))
+from fresh_process import IsolatedRunError, run_isolated  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +24,7 @@ def staged_dataset(release_dir, tmp_path_factory):
     return stage, counts
 
 
+@pytest.mark.slow
 def test_staged_dataset_verifies_in_a_process_without_the_project(staged_dataset):
     stage, counts = staged_dataset
     upload.verify_dataset(stage, counts)  # raises on any difference
@@ -48,10 +33,15 @@ def test_staged_dataset_verifies_in_a_process_without_the_project(staged_dataset
 
 
 def test_isolation_really_blocks_the_project(tmp_path):
-    with pytest.raises(upload.UploadError, match="instructpart_dataset is not importable here"):
-        upload.run_isolated("import instructpart_dataset\nprint('{}')", str(tmp_path), "import check")
+    with pytest.raises(IsolatedRunError, match="instructpart_dataset is not importable here"):
+        run_isolated("import instructpart_dataset\nprint('{}')", str(tmp_path), "import check")
+    assert run_isolated("import sys, json\nprint(json.dumps(sys.argv[1:]))", str(tmp_path), "args", args=[1, "b"]) == [
+        "1",
+        "b",
+    ]
 
 
+@pytest.mark.slow
 def test_a_broken_stage_fails_verification(staged_dataset, tmp_path):
     import shutil
 
@@ -64,52 +54,106 @@ def test_a_broken_stage_fails_verification(staged_dataset, tmp_path):
         upload.verify_dataset(str(broken), counts)
 
 
-def test_push_sends_one_commit_with_every_staged_file(staged_dataset):
+TOKEN = "hf_fakeTokenForTheLoopbackHub0123"
+
+
+def _staged_bytes(stage):
+    found = {}
+    for root, _, names in os.walk(stage):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, stage).replace(os.sep, "/")] = f.read()
+    return found
+
+
+@pytest.fixture
+def hub_client_online(monkeypatch):
+    """The suite runs with HF_HUB_OFFLINE=1; these tests reach only the loopback fake Hub."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def test_push_creates_the_repo_and_branch_and_commits_every_staged_byte(staged_dataset, hub_client_online):
+    from huggingface_hub import HfApi
+
     stage, _ = staged_dataset
-    api = RecordingApi()
-    url = upload.push(
-        stage,
-        "org/instructpart",
-        "dataset",
-        private=True,
-        revision="v1",
-        commit_message="Upload the InstructPart dataset",
-        api=api,
-    )
-    assert url == "https://huggingface.co/org/instructpart"
-    assert [c[0] for c in api.calls] == ["create_repo", "create_branch", "upload_folder"]
-    assert api.calls[0] == (
-        "create_repo",
-        "org/instructpart",
-        {"repo_type": "dataset", "private": True, "exist_ok": True, "space_sdk": None},
-    )
-    assert api.calls[1] == (
-        "create_branch",
-        "org/instructpart",
-        {"repo_type": "dataset", "branch": "v1", "exist_ok": True},
-    )
-    name, repo_id, sent = api.calls[2]
-    expected_files = sorted(os.path.relpath(os.path.join(r, f), stage) for r, _, fs in os.walk(stage) for f in fs)
-    assert repo_id == "org/instructpart" and sent["files"] == expected_files
-    assert "README.md" in sent["files"] and any(f.startswith("trps/test-") for f in sent["files"])
-    assert (sent["repo_type"], sent["revision"], sent["commit_message"]) == (
-        "dataset",
-        "v1",
-        "Upload the InstructPart dataset",
-    )
+    with FakeHub(TOKEN) as hub:
+        api = HfApi(endpoint=hub.url, token=TOKEN)
+        url = upload.push(
+            stage, "org/instructpart", "dataset", private=True, revision="v1", commit_message="Upload it", api=api
+        )
+        assert url == f"{hub.url}/datasets/org/instructpart"
+        repo = hub.repos[("dataset", "org/instructpart")]
+        assert repo["private"] and set(repo["branches"]) == {"main", "v1"}
+        assert hub.files("dataset", "org/instructpart", "v1") == _staged_bytes(stage)
+        assert hub.files("dataset", "org/instructpart", "main") == {}
+        assert repo["commits"] == [("v1", "Upload it", sorted(_staged_bytes(stage)))]
+        # A second push to an existing repo and branch (exist_ok) commits again.
+        upload.push(stage, "org/instructpart", "dataset", private=True, revision="v1", commit_message="Again", api=api)
+        assert [c[1] for c in repo["commits"]] == ["Upload it", "Again"]
+        assert [path for method, path in hub.requests if path == "/api/repos/create"] == ["/api/repos/create"] * 2
 
 
-def test_push_of_a_large_folder_uses_upload_large_folder(staged_dataset, monkeypatch):
+def test_push_to_the_fake_hub_fails_like_the_real_one_without_a_token(staged_dataset, hub_client_online):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
     stage, _ = staged_dataset
-    monkeypatch.setattr(upload, "LARGE_FOLDER_BYTES", 10)
-    api = RecordingApi()
-    upload.push(stage, "org/instructpart", "dataset", private=False, revision=None, commit_message="m", api=api)
-    assert [c[0] for c in api.calls] == ["create_repo", "upload_large_folder"]
-    assert api.calls[1][2]["folder_path"] == stage and api.calls[1][2]["private"] is False
+    with FakeHub(TOKEN) as hub:
+        with pytest.raises(HfHubHTTPError, match="401"):
+            upload.push(
+                stage, "org/x", "dataset", private=False, revision=None, commit_message="m", api=HfApi(hub.url, "hf_no")
+            )
+        assert hub.repos == {}
 
 
-def _run_upload(args, tmp_path, **env):
-    full_env = {**os.environ, **env}
+def test_the_fake_hub_refuses_bad_card_metadata_as_the_hub_does(tmp_path, hub_client_online):
+    from huggingface_hub import HfApi
+
+    stage = str(tmp_path / "space")
+    upload.stage_model_space(stage, "org/pisa-tiny")
+    readme = os.path.join(stage, "README.md")
+    with open(readme) as f:
+        text = f.read()
+    with open(readme, "w") as f:
+        f.write(text.replace("colorFrom: red", "colorFrom: orange"))
+    with FakeHub(TOKEN) as hub:
+        with pytest.raises(ValueError, match="Invalid metadata in README.md"):
+            upload.push(
+                stage,
+                "org/demo",
+                "space",
+                private=False,
+                revision=None,
+                commit_message="m",
+                api=HfApi(hub.url, token=TOKEN),
+                space_sdk="gradio",
+            )
+        assert hub.repos[("space", "org/demo")]["commits"] == []
+
+
+def test_push_calls_only_methods_and_arguments_hfapi_has(staged_dataset):
+    from huggingface_hub import HfApi
+
+    stage, _ = staged_dataset
+    api = create_autospec(HfApi, instance=True)
+    api.create_repo.return_value = "https://huggingface.co/spaces/org/demo"
+    upload.push(
+        stage, "org/demo", "space", private=False, revision="dev", commit_message="m", api=api, space_sdk="gradio"
+    )
+    api.create_repo.assert_called_once_with(
+        "org/demo", repo_type="space", private=False, exist_ok=True, space_sdk="gradio"
+    )
+    api.create_branch.assert_called_once_with("org/demo", repo_type="space", branch="dev", exist_ok=True)
+    api.upload_folder.assert_called_once_with(
+        repo_id="org/demo", folder_path=stage, repo_type="space", revision="dev", commit_message="m"
+    )
+
+
+def _run_upload(args, tmp_path, drop=(), **env):
+    full_env = {**{k: v for k, v in os.environ.items() if k not in drop}, **env}
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "upload.py"), *args],
         cwd=tmp_path,
@@ -119,6 +163,7 @@ def _run_upload(args, tmp_path, **env):
     )
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
     result = _run_upload(
         ["dataset", "--data-dir", release_dir, "--repo-id", "org/instructpart", "--dry-run", "--private"],
@@ -131,6 +176,7 @@ def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
     assert (tmp_path / "hub-staging" / "dataset" / "instructpart" / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_offline_push_fails_in_one_line_keeps_the_stage_and_hides_the_token(release_dir, tmp_path):
     token = "hf_secretTokenThatMustNotLeak123"
     result = _run_upload(
@@ -154,25 +200,51 @@ def test_bad_release_stops_before_anything_is_pushed(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("upload.py: error: ") and "nowhere" in result.stderr
 
 
-def test_staged_metric_is_the_renamed_module_and_scores_like_the_package(tmp_path):
+@pytest.mark.slow
+def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_path):
     stage = str(tmp_path / "metric" / "instructpart")
     upload.stage_metric(stage, "org/instructpart")
     assert sorted(os.listdir(stage)) == ["README.md", "app.py", "core.py", "instructpart.py", "requirements.txt"]
-    with open(os.path.join(stage, "README.md")) as f:
-        assert f.read().startswith("---\n") and "app_file: app.py" in open(os.path.join(stage, "README.md")).read()
-    upload.verify_metric(stage)
+    upload.verify_metric(stage)  # evaluate.load and the served app agree with StreamingScorer
+
+    app = os.path.join(stage, "app.py")
+    with open(app) as f:
+        source = f.read()
+    with open(app, "w") as f:  # an app that scores the inverted prediction serves fine but gives other numbers
+        f.write(
+            source.replace(
+                "predicted = np.asarray(_as_mask(prediction)) != 0", "predicted = np.asarray(_as_mask(prediction)) == 0"
+            )
+        )
+    with pytest.raises(upload.UploadError, match="verification failed: the staged app scores"):
+        upload.verify_metric(stage)
+    with open(app, "w") as f:
+        f.write(source + "\nif True print('x')\n")
+    with pytest.raises(
+        upload.UploadError, match=r"verification failed: the metric Space .*exited with code 1: SyntaxError"
+    ):
+        upload.verify_metric(stage)
+    with open(app, "w") as f:
+        f.write(source)
     os.remove(os.path.join(stage, "core.py"))
     with pytest.raises(upload.UploadError, match="verification failed: evaluate.load"):
         upload.verify_metric(stage)
 
 
-def test_a_space_app_with_a_syntax_error_is_refused(tmp_path):
-    stage = str(tmp_path / "metric" / "instructpart")
-    upload.stage_metric(stage, "org/instructpart")
-    with open(os.path.join(stage, "app.py"), "a") as f:
-        f.write("\nif True print('x')\n")
-    with pytest.raises(upload.UploadError, match="app.py line"):
-        upload.verify_metric(stage)
+def test_space_requirements_are_the_packages_own_ranges(tmp_path):
+    from importlib.metadata import requires
+
+    declared = requires("instructpart")
+    text = upload.space_requirements(["evaluate", "pillow", "huggingface_hub"])
+    assert text.splitlines() == [
+        next(r for r in declared if r.startswith("evaluate")),
+        next(r for r in declared if r.startswith("pillow")),
+        next(r for r in declared if r.startswith("huggingface_hub")),
+    ]
+    with open(os.path.join(ROOT, "setup.cfg")) as f:
+        assert "    evaluate==0.4.6\n" in f.read() and text.splitlines()[0] == "evaluate==0.4.6"
+    with pytest.raises(upload.UploadError, match="gradio is not among instructpart's install_requires"):
+        upload.space_requirements(["gradio"])
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +288,7 @@ def _results_file(path, config, split, metrics_by_type):
     return str(path)
 
 
+@pytest.mark.slow
 def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_results(tiny_checkpoint, tmp_path):
     import yaml
 
@@ -278,9 +351,156 @@ def test_the_card_can_place_the_results_among_the_published_methods(tiny_checkpo
         render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[trps, trps])
 
 
-def test_model_space_stages_an_app_that_compiles(tmp_path):
+def test_model_space_stages_the_package_app_examples_and_a_card_that_names_the_model(tmp_path):
+    import json
+
+    import gradio
+    from huggingface_hub import SpaceCard
+
+    from pisa_model.space import APP_FILE
+
     stage = str(tmp_path / "space")
     upload.stage_model_space(stage, "org/pisa-tiny")
-    upload.check_app_compiles(stage)
-    assert "org/pisa-tiny" in open(os.path.join(stage, "app.py")).read()
-    assert "sdk: gradio" in open(os.path.join(stage, "README.md")).read()
+    with open(APP_FILE, "rb") as f, open(os.path.join(stage, "app.py"), "rb") as g:
+        assert f.read() == g.read()
+    card = SpaceCard.load(os.path.join(stage, "README.md"))
+    assert (card.data.sdk, card.data.sdk_version, card.data.app_file) == ("gradio", gradio.__version__, "app.py")
+    assert card.data.models == ["org/pisa-tiny"]
+    with open(os.path.join(stage, "examples", "examples.json")) as f:
+        examples = json.load(f)
+    assert len(examples) == 6 and all(os.path.isfile(os.path.join(stage, "examples", e["image"])) for e in examples)
+    assert {
+        line.split("<")[0].split(">")[0].split("=")[0] for line in open(os.path.join(stage, "requirements.txt"))
+    } == {
+        "transformers",
+        "torch",
+        "safetensors",
+        "huggingface_hub",
+        "numpy",
+        "pillow",
+    }
+
+
+@pytest.fixture(scope="module")
+def pushed(release_dir, tiny_checkpoint, tmp_path_factory):
+    """`upload.py dataset`, `metric` and `model --space` run as commands against the loopback Hub."""
+    work = tmp_path_factory.mktemp("pushed")
+    trps = _results_file(
+        work / "trps.json", "trps", "test", {"human": {"gIoU": 0.5, "cIoU": 0.25, "P@50:95": 0.1, "P@50": 0.5}}
+    )
+    commands = {
+        "dataset": ["dataset", "--data-dir", release_dir, "--repo-id", "org/instructpart", "--private"],
+        "metric": ["metric", "--repo-id", "org/instructpart"],
+        "model": [
+            "model",
+            "--checkpoint",
+            tiny_checkpoint,
+            "--repo-id",
+            "org/pisa-tiny",
+            "--space",
+            "org/pisa-tiny-demo",
+            "--results",
+            trps,
+            "--base-model",
+            "llava-hf/llava-1.5-7b-hf",
+            "--base-model",
+            "facebook/dinov2-large",
+        ],
+    }
+    with FakeHub(TOKEN) as hub:
+        runs = {
+            name: _run_upload(
+                args, work, drop=("HF_HUB_OFFLINE",), HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HOME=str(work / "hf-home")
+            )
+            for name, args in commands.items()
+        }
+    return hub, runs, work / "hub-staging"
+
+
+@pytest.mark.slow
+def test_commands_push_exactly_the_staged_folders(pushed):
+    hub, runs, staging = pushed
+    for name, run in runs.items():
+        assert run.returncode == 0, f"{name}: {run.stderr[-3000:]}"
+        assert TOKEN not in run.stdout + run.stderr
+    assert set(hub.repos) == {
+        ("dataset", "org/instructpart"),
+        ("space", "org/instructpart"),
+        ("model", "org/pisa-tiny"),
+        ("space", "org/pisa-tiny-demo"),
+    }
+    for (repo_type, repo_id), folder in {
+        ("dataset", "org/instructpart"): staging / "dataset" / "instructpart",
+        ("space", "org/instructpart"): staging / "metric" / "instructpart",
+        ("model", "org/pisa-tiny"): staging / "model" / "pisa-tiny",
+        ("space", "org/pisa-tiny-demo"): staging / "model-space" / "pisa-tiny-demo",
+    }.items():
+        assert hub.files(repo_type, repo_id) == _staged_bytes(str(folder)), repo_id
+        assert len(hub.repos[(repo_type, repo_id)]["commits"]) == 1
+    assert hub.repos[("dataset", "org/instructpart")]["private"]
+    assert (
+        hub.repos[("space", "org/instructpart")]["sdk"] == hub.repos[("space", "org/pisa-tiny-demo")]["sdk"] == "gradio"
+    )
+    assert (
+        f"pushed {staging / 'model-space' / 'pisa-tiny-demo'} to {hub.url}/spaces/org/pisa-tiny-demo"
+        in runs["model"].stdout
+    )
+    # What the pushes asked of the Hub: repo creation, README validation, preupload and one commit per repo
+    # (huggingface_hub also GETs its agent-harness registry for the user agent: a 404 here, harmless).
+    posts = [path for method, path in hub.requests if method == "POST"]
+    assert {path for method, path in hub.requests if method != "POST"} <= {"/api/agent-harnesses"}
+    assert posts.count("/api/repos/create") == posts.count("/api/validate-yaml") == 4
+    assert (
+        sorted(p.split("/")[-2] for p in posts if p.startswith(("/api/models/", "/api/datasets/", "/api/spaces/")))
+        == ["commit"] * 4 + ["preupload"] * 4
+    )
+    assert sorted(repo_type for repo_type, _ in hub.validated) == ["dataset", "model", "space", "space"]
+
+
+def _card(hub, repo_type, repo_id, card_class):
+    """The pushed README.md as the Hub's card class parses it."""
+    return card_class(hub.files(repo_type, repo_id)["README.md"].decode("utf-8"))
+
+
+@pytest.mark.slow
+def test_pushed_cards_parse_with_the_hub_card_classes_and_carry_the_listing_fields(pushed):
+    import gradio
+    from huggingface_hub import DatasetCard, ModelCard, SpaceCard
+    from huggingface_hub.repocard_data import DatasetCardData, ModelCardData, SpaceCardData
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    hub, _, _ = pushed
+    model = _card(hub, "model", "org/pisa-tiny", ModelCard)
+    assert isinstance(model.data, ModelCardData)
+    assert (
+        model.data.pipeline_tag == "image-segmentation"
+        and "image-segmentation" in PIPELINE_REGISTRY.get_supported_tasks()
+    )
+    assert model.data.library_name == "transformers" and model.data.license == "apache-2.0"
+    assert model.data.base_model == ["llava-hf/llava-1.5-7b-hf", "facebook/dinov2-large"]
+    assert model.data.datasets == ["org/instructpart"] and "custom_code" in model.data.tags
+    # The model-index is parsed back into EvalResults by the card class (malformed entries raise here).
+    results = {(r.dataset_config, r.metric_name): r.metric_value for r in model.data.eval_results}
+    assert results[("trps", "gIoU (TRPS)")] == 50.0 and results[("trps", "cIoU (TRPS)")] == 25.0
+    assert "https://huggingface.co/spaces/org/pisa-tiny-demo" in model.text
+    for path in [e["src"].split("/resolve/main/")[1] for e in model.data.widget]:
+        assert path in hub.files("model", "org/pisa-tiny")
+
+    dataset = _card(hub, "dataset", "org/instructpart", DatasetCard)
+    assert isinstance(dataset.data, DatasetCardData)
+    files = hub.files("dataset", "org/instructpart")
+    declared = {c["config_name"]: c["data_files"] for c in dataset.data.configs}
+    assert set(declared) == {"trps", "orps"}
+    for config, splits in declared.items():
+        for entry in splits:  # every declared data file pattern matches pushed Parquet files
+            assert fnmatch.filter(files, entry["path"]), (config, entry)
+    assert {info["config_name"] for info in dataset.data.dataset_info} == {"trps", "orps"}
+
+    for repo_id, app_needs in (("org/instructpart", "evaluate"), ("org/pisa-tiny-demo", "transformers")):
+        space = _card(hub, "space", repo_id, SpaceCard)
+        assert isinstance(space.data, SpaceCardData)
+        assert (space.data.sdk, space.data.sdk_version, space.data.app_file) == ("gradio", gradio.__version__, "app.py")
+        space_files = hub.files("space", repo_id)
+        assert "app.py" in space_files and app_needs in space_files["requirements.txt"].decode()
+    assert SpaceCard(hub.files("space", "org/pisa-tiny-demo")["README.md"].decode()).data.models == ["org/pisa-tiny"]
+    assert SpaceCard(hub.files("space", "org/instructpart")["README.md"].decode()).data.datasets == ["org/instructpart"]

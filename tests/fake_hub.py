@@ -1,0 +1,184 @@
+"""A small Hugging Face Hub on loopback for push tests: `HfApi(endpoint=hub.url)` (or `HF_ENDPOINT`) talks to it.
+
+It answers the HTTP calls the real client makes for `create_repo`, `create_branch` and `upload_folder` (README
+metadata validation, preupload, then an NDJSON commit) the way the Hub does (401 without a token, 404 for an unknown repo or branch, 409 for an
+existing repo or branch), and 404 for every other route, so a client method that is renamed, removed or sends
+another request fails the test. Every file is declared "regular" at preupload, so commits carry the bytes inline
+(base64) and the fake can store exactly what was pushed; LFS/Xet storage is not emulated.
+"""
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+REPO_ROUTE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|commit|branch)/(.+)$")
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+SPACE_COLOURS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
+
+
+def metadata_errors(content: str, repo_type: str) -> list:
+    """The Hub's checks of a README's YAML front matter, for the fields our cards use (types and allowed values of
+    the model, dataset and Space card specs: https://huggingface.co/docs/hub/model-cards and friends)."""
+    import yaml
+
+    if not content.startswith("---\n") or "\n---" not in content[4:]:
+        return ["no YAML front matter"]
+    try:
+        meta = yaml.safe_load(content[4 : content.index("\n---", 3)])
+    except yaml.YAMLError as error:
+        return [f"YAML does not parse: {error}"]
+    if not isinstance(meta, dict):
+        return ["the metadata is not a mapping"]
+    errors = []
+
+    def strings(key, pattern=None):
+        value = meta.get(key)
+        values = [value] if isinstance(value, str) else value
+        if value is not None and not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+            errors.append(f"{key}: must be a string or a list of strings")
+        elif value is not None and pattern is not None and not all(pattern.match(v) for v in values):
+            errors.append(f"{key}: {values} are not all repo ids")
+
+    for key in ("license", "tags", "language"):
+        strings(key)
+    strings("datasets", REPO_ID)
+    if repo_type == "model":
+        strings("base_model", REPO_ID)
+        for key in ("pipeline_tag", "library_name"):
+            if key in meta and not isinstance(meta[key], str):
+                errors.append(f"{key}: must be a string")
+        for entry in meta.get("model-index") or []:
+            if not isinstance(entry.get("name"), str) or not isinstance(entry.get("results"), list):
+                errors.append("model-index: each entry needs a name and a list of results")
+    elif repo_type == "dataset":
+        for config in meta.get("configs") or []:
+            if not isinstance(config.get("config_name"), str) or not config.get("data_files"):
+                errors.append("configs: each config needs config_name and data_files")
+    elif repo_type == "space":
+        strings("models", REPO_ID)
+        if meta.get("sdk") not in ("gradio", "docker", "static", "streamlit"):
+            errors.append(f"sdk: {meta.get('sdk')!r} is not a Space SDK")
+        if meta.get("sdk") == "gradio" and not re.match(r"^\d+\.\d+(\.\d+)?$", str(meta.get("sdk_version"))):
+            errors.append(f"sdk_version: {meta.get('sdk_version')!r} is not a version")
+        for key in ("colorFrom", "colorTo"):
+            if key in meta and meta[key] not in SPACE_COLOURS:
+                errors.append(f"{key}: must be one of {sorted(SPACE_COLOURS)}")
+        if "app_file" in meta and not str(meta["app_file"]).endswith(".py"):
+            errors.append("app_file: must be a Python file")
+    return errors
+
+
+class FakeHub:
+    """Repos live in `self.repos[(repo_type, repo_id)]`: {"private", "sdk", "branches": {name: {path: bytes}},
+    "commits": [(branch, summary, sorted paths)]}; `self.requests` lists (method, path) in order."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.repos = {}
+        self.requests = []
+        self.validated = []  # (repo type, README content) the client asked the Hub to validate
+        self._lock = threading.Lock()
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                path = urlparse(self.path).path
+                with hub._lock:
+                    hub.requests.append(("POST", path))
+                    status, answer = hub._handle(path, self.headers.get("Authorization"), body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if status == 404:
+                    self.send_header("X-Error-Code", "RepoNotFound")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                with hub._lock:
+                    hub.requests.append(("GET", urlparse(self.path).path))
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def files(self, repo_type: str, repo_id: str, branch: str = "main") -> dict:
+        return self.repos[(repo_type, repo_id)]["branches"][branch]
+
+    def _handle(self, path: str, authorization, body: bytes):
+        if authorization != f"Bearer {self.token}":
+            return 401, {"error": "Invalid credentials in Authorization header"}
+        if path == "/api/validate-yaml":
+            payload = json.loads(body)
+            self.validated.append((payload["repoType"], payload["content"]))
+            errors = metadata_errors(payload["content"], payload["repoType"])
+            return (400 if errors else 200), {"errors": [{"message": e} for e in errors], "warnings": []}
+        if path == "/api/repos/create":
+            payload = json.loads(body)
+            repo_type = payload.get("type") or "model"
+            repo_id = f"{payload['organization']}/{payload['name']}"
+            if repo_type == "space" and payload.get("sdk") not in ("gradio", "docker", "static"):
+                return 400, {"error": "sdk is required for a Space"}
+            prefix = "" if repo_type == "model" else f"{repo_type}s/"
+            url = f"{self.url}/{prefix}{repo_id}"
+            if (repo_type, repo_id) in self.repos:
+                return 409, {"error": "You already created this repo", "url": url}
+            self.repos[(repo_type, repo_id)] = {
+                "private": payload.get("visibility") == "private",
+                "sdk": payload.get("sdk"),
+                "branches": {"main": {}},
+                "commits": [],
+            }
+            return 200, {"url": url}
+        match = REPO_ROUTE.match(path)
+        if not match:
+            return 404, {"error": f"no such route {path}"}
+        plural, repo_id, action, revision = match.groups()
+        repo = self.repos.get((plural[:-1], repo_id))
+        if repo is None:
+            return 404, {"error": "Repository not found"}
+        branch = unquote(revision)
+        if action == "branch":
+            if branch in repo["branches"]:
+                return 409, {"error": "Reference already exists"}
+            repo["branches"][branch] = dict(repo["branches"]["main"])
+            return 200, {}
+        if branch not in repo["branches"]:
+            return 404, {"error": f"Invalid rev id: {branch}"}
+        if action == "preupload":
+            files = json.loads(body)["files"]
+            return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+        if not lines or lines[0]["key"] != "header":
+            return 400, {"error": "a commit starts with its header"}
+        added = {}
+        for line in lines[1:]:
+            if line["key"] != "file" or line["value"].get("encoding") != "base64":
+                return 400, {"error": f"unexpected commit operation {line['key']}"}
+            added[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+        repo["branches"][branch].update(added)
+        repo["commits"].append((branch, lines[0]["value"]["summary"], sorted(added)))
+        oid = hashlib.sha1(json.dumps(sorted(added)).encode() + str(len(repo["commits"])).encode()).hexdigest()
+        return 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
