@@ -5,9 +5,8 @@
         [--dtype bfloat16] [--adapter-arg NAME=VALUE ...]
     accelerate launch -m pisa_model.evaluate --model MODEL ...          # the same, sharded over processes
 
-MODEL is a PISA checkpoint folder or an adapter spec (`full-image`, `centre-ellipse`, `clipseg:CKPT`,
-`grounded-sam:DINO_CKPT,SAM_CKPT`, `sam3:CKPT`, `reason-then-ground:VLM_CKPT,SEGMENTER_SPEC`): see
-`pisa_model/adapters/`. `centre-ellipse` takes its area from the train split of the same `--data-dir`.
+MODEL is a PISA checkpoint folder or an adapter spec (the list: `--help`, from
+`pisa_model.adapters.ADAPTER_SPECS`). `centre-ellipse` takes its area from the train split of the same `--data-dir`.
 
 Each process takes a contiguous slice of the rows with no padding (every row is scored exactly once,
 whatever the number of processes), predicts in batches and scores each row into a `StreamingScorer`
@@ -39,6 +38,7 @@ from instructpart_metric import StreamingScorer, format_table, results_dict
 from instructpart_metric.predictions import save_prediction
 
 from .adapters import load_adapter, parse_option
+from .adapters.registry import specs_help
 
 
 def _write_jsonl(path: str, records: list) -> None:
@@ -159,7 +159,10 @@ def _slug(model: str) -> str:
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m pisa_model.evaluate", description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50)."
+        prog="python -m pisa_model.evaluate",
+        description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50).",
+        epilog="MODEL specs (CKPT: a local folder or a Hub repo id):\n" + specs_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="PISA checkpoint folder or adapter spec (NAME[:CHECKPOINT])")
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub repo id")

@@ -16,7 +16,6 @@ from .base import (
     check_batch,
     load_pretrained,
     prepare_model,
-    register_adapter,
     require_argument,
     resolve_dtype,
     to_device,
@@ -61,7 +60,6 @@ class ClipSegAdapter(Adapter):
         ]
 
 
-@register_adapter("clipseg")
 def _clipseg(argument, *, device=None, dtype=None, threshold: float = DEFAULT_THRESHOLD):
     from transformers import AutoProcessor, CLIPSegForImageSegmentation
 

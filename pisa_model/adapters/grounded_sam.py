@@ -23,7 +23,6 @@ from .base import (
     checked_checkpoint,
     load_pretrained,
     prepare_model,
-    register_adapter,
     require_argument,
     resolve_dtype,
     to_device,
@@ -110,7 +109,6 @@ class GroundedSamAdapter(Adapter):
         return self.predict_with_extras(images, instructions)[0]
 
 
-@register_adapter("grounded-sam")
 def _grounded_sam(argument, *, device=None, dtype=None):
     from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel
 

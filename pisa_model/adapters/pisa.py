@@ -16,7 +16,6 @@ from .base import (
     check_batch,
     load_pretrained,
     prepare_model,
-    register_adapter,
     require_argument,
     resolve_dtype,
 )
@@ -33,7 +32,6 @@ class PisaAdapter(Adapter):
         return self.model.predict(list(images), list(instructions), batch_size=len(images))
 
 
-@register_adapter("pisa")
 def _pisa(argument, *, device=None, dtype=None):
     from ..modeling_pisa import PisaForPartSegmentation
 
