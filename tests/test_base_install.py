@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The extras' packages, hidden from a fresh interpreter as if they were not installed.
@@ -59,6 +61,7 @@ print(json.dumps({"modules": results, "uses": uses, "blocked": sorted(m for m in
 """
 
 
+@pytest.mark.slow
 def test_every_module_imports_with_the_base_requirements_only():
     result = subprocess.run(
         [sys.executable, "-c", PROBE, ",".join(EXTRAS)], cwd=ROOT, capture_output=True, text=True, timeout=300
@@ -74,3 +77,14 @@ def test_every_module_imports_with_the_base_requirements_only():
         assert "\n" not in failed[name] and f"pip install instructpart[{extra}]" in failed[name]
     for extra, error in found["uses"].items():
         assert error is not None and "\n" not in error and f"instructpart[{extra}]" in error, (extra, error)
+
+
+def test_the_metric_core_imports_neither_datasets_nor_torch():
+    code = (
+        "import sys, instructpart_metric\n"
+        "from instructpart_metric import StreamingScorer, format_table, results_dict\n"
+        "print(sorted(m for m in ('datasets', 'torch', 'transformers', 'evaluate') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

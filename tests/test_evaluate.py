@@ -85,6 +85,7 @@ def test_full_image_numbers_equal_a_naive_computation_from_the_release_files(rel
     assert "| human" in printed and "| overall" in printed and f"{100 * expected['gIoU']:.2f}" in printed
 
 
+@pytest.mark.slow
 def test_full_image_on_the_real_sample_equals_a_naive_computation(sample_dir, tmp_path):
     results = _run(sample_dir, tmp_path, "full-image", "--config", "orps")
     entries = _release_entries(sample_dir)
@@ -193,6 +194,7 @@ def _png_bytes(folder):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["centre-ellipse", "pisa"])
 def test_two_processes_on_an_odd_number_of_rows_give_the_single_process_numbers(
     checkpoints, release_dir, tmp_path, name

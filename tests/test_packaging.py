@@ -62,7 +62,8 @@ def test_the_test_extra_holds_every_other_extra():
 
 def test_the_licence_file_matches_the_metadata():
     metadata = _setup_cfg()["metadata"]
-    assert metadata["license"] == "MIT" and metadata["license_files"] == "LICENSE"
+    assert metadata["license_expression"] == "MIT" and metadata["license_files"] == "LICENSE"
+    assert "license" not in metadata  # the free-text field PEP 639 deprecates
     assert "classifiers" not in metadata or "License ::" not in metadata["classifiers"]
     with open(os.path.join(ROOT, "LICENSE"), encoding="utf-8") as f:
         assert f.readline().strip() == "MIT License"

@@ -58,6 +58,7 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fresh_process_loads_model_processor_and_pipeline_without_the_package(tmp_path):
     model, _ = tiny_pisa(seed=0)
     folder = tmp_path / "checkpoint"

@@ -40,6 +40,7 @@ def staged_dataset(release_dir, tmp_path_factory):
     return stage, counts
 
 
+@pytest.mark.slow
 def test_staged_dataset_verifies_in_a_process_without_the_project(staged_dataset):
     stage, counts = staged_dataset
     upload.verify_dataset(stage, counts)  # raises on any difference
@@ -119,6 +120,7 @@ def _run_upload(args, tmp_path, **env):
     )
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
     result = _run_upload(
         ["dataset", "--data-dir", release_dir, "--repo-id", "org/instructpart", "--dry-run", "--private"],
@@ -131,6 +133,7 @@ def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
     assert (tmp_path / "hub-staging" / "dataset" / "instructpart" / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_offline_push_fails_in_one_line_keeps_the_stage_and_hides_the_token(release_dir, tmp_path):
     token = "hf_secretTokenThatMustNotLeak123"
     result = _run_upload(
@@ -154,6 +157,7 @@ def test_bad_release_stops_before_anything_is_pushed(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in result.stderr
 
 
+@pytest.mark.slow
 def test_staged_metric_is_the_renamed_module_and_scores_like_the_package(tmp_path):
     stage = str(tmp_path / "metric" / "instructpart")
     upload.stage_metric(stage, "org/instructpart")
@@ -203,6 +207,7 @@ def _results_file(path, config, split, metrics_by_type):
     return str(path)
 
 
+@pytest.mark.slow
 def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_results(tiny_checkpoint, tmp_path):
     import yaml
 
