@@ -81,7 +81,8 @@ def verify_dataset(stage: str, counts: dict) -> None:
 
 def space_requirements(names) -> str:
     """requirements.txt of a Space: the version ranges of `names` exactly as this project's installed
-    distribution declares them (setup.cfg's install_requires), so that the Space runs what the tests ran."""
+    distribution declares them (setup.cfg's install_requires, else its extras), so that the Space runs what the
+    tests ran."""
     from importlib.metadata import PackageNotFoundError, requires
 
     from packaging.requirements import Requirement
@@ -90,12 +91,15 @@ def space_requirements(names) -> str:
         declared = [Requirement(line) for line in requires(DISTRIBUTION) or []]
     except PackageNotFoundError:
         raise UploadError(f"{DISTRIBUTION} is not installed: run `pip install -e .` in {HERE}") from None
-    ranges = {req.name.lower().replace("_", "-"): str(req) for req in declared if req.marker is None}
+    ranges = {}
+    for req in sorted(declared, key=lambda req: req.marker is not None):  # install_requires first, then extras
+        if req.marker is None or "extra" in str(req.marker):
+            ranges.setdefault(req.name.lower().replace("_", "-"), f"{req.name}{req.specifier}")
     lines = []
     for name in names:
         key = name.lower().replace("_", "-")
         if key not in ranges:
-            raise UploadError(f"{name} is not among {DISTRIBUTION}'s install_requires; cannot pin it in a Space")
+            raise UploadError(f"{name} is not among {DISTRIBUTION}'s requirements; cannot pin it in a Space")
         lines.append(ranges[key])
     return "\n".join(lines) + "\n"
 

@@ -1,17 +1,23 @@
-"""The InstructPart benchmark as `datasets` datasets: a release-folder builder, a script-free Hub export."""
+"""The InstructPart benchmark as `datasets` datasets: a release-folder builder, a script-free Hub export.
 
-from .load import load_instructpart
-from .release import ReleaseError, scan_release
-from .schema import CONFIGS, FEATURES, INSTRUCTION_TYPES, SPLITS, TRAIN_SUBSETS, sample_id
+Names are imported on first use, so that the torch- and datasets-free layers below (the metric core) can
+use this package's helpers without loading `datasets`.
+"""
 
-__all__ = [
-    "CONFIGS",
-    "FEATURES",
-    "INSTRUCTION_TYPES",
-    "ReleaseError",
-    "SPLITS",
-    "TRAIN_SUBSETS",
-    "load_instructpart",
-    "sample_id",
-    "scan_release",
-]
+from .extras import lazy_exports
+
+_EXPORTS = {
+    "CONFIGS": "schema",
+    "FEATURES": "schema",
+    "INSTRUCTION_TYPES": "schema",
+    "SPLITS": "schema",
+    "TRAIN_SUBSETS": "schema",
+    "sample_id": "schema",
+    "ReleaseError": "release",
+    "scan_release": "release",
+    "load_instructpart": "load",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,7 +9,17 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from .schema import CITATION, CONFIGS, DEFAULT_CONFIG, FEATURES, HOMEPAGE, INSTRUCTION_TYPES, LICENSE, PAPER
+from .schema import (
+    CITATION,
+    CONFIGS,
+    DEFAULT_CONFIG,
+    FEATURES,
+    HOMEPAGE,
+    INSTRUCTION_TYPES,
+    LICENSE,
+    LICENSE_NOTE,
+    PAPER,
+)
 
 INSTRUCTION_TABLE = """| index | instruction_type | config | example |
 |---|---|---|---|
@@ -125,7 +135,7 @@ def write_card(folder: str, counts: dict, index) -> None:
         "(Robotics Institute, Carnegie Mellon University)",
         shared_by="The instructpart project, converted from the authors' public release",
         language="English",
-        license="MIT, as stated in the authors' release",
+        license=LICENSE_NOTE,
         repo=HOMEPAGE,
         paper=f"{PAPER} (ACL 2025)",
         direct_use=(
@@ -150,7 +160,8 @@ def write_card(folder: str, counts: dict, index) -> None:
             "every image and mask is decoded and checked (mask size equals image size, mask values {0,1} or "
             "{0,255}), image bytes are stored unchanged and masks re-encoded as 1-bit PNGs."
         ),
-        source_data_producers_section="Real photographs of everyday objects; see the paper for their sources.",
+        source_data_producers_section="Real photographs of everyday objects, collected from Flickr (each photo "
+        "stays under its photographer's terms); see the paper for the selection.",
         annotation_process_section="Part masks were labelled by hand and task instructions written by annotators, "
         "then rephrased by GPT-4 (instruction 1); see the paper for the protocol.",
         who_are_annotators_section="The authors' annotation team; see the paper.",

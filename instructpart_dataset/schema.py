@@ -87,7 +87,14 @@ def check_split(split: str) -> str:
 
 HOMEPAGE = "https://zifuwan.github.io/InstructPart/"
 PAPER = "https://arxiv.org/abs/2505.18291"
-LICENSE = "mit"
+# The authors' release ships no licence file and its photos come from Flickr, each under its photographer's
+# terms: no licence is claimed for the data (the Hub card spec's `unknown`); LICENSE_NOTE says so in words.
+LICENSE = "unknown"
+LICENSE_NOTE = (
+    "Not stated: the authors' release ships no licence file, and its images are photographs from Flickr that "
+    f"remain under their photographers' terms. Ask the authors ({HOMEPAGE}) before redistributing the data or "
+    "using it beyond research. (The instructpart code that converts it is MIT-licensed; that covers the code only.)"
+)
 CITATION = """@inproceedings{wan2025instructpart,
   title     = {InstructPart: Task-Oriented Part Segmentation with Instruction Reasoning},
   author    = {Wan, Zifu and Xie, Yaqi and Zhang, Ce and Lin, Zhiqiu and Wang, Zihan and

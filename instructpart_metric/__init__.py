@@ -10,8 +10,9 @@ the paper's published table (`paper.py`, package data), and every results file s
 `import instructpart_metric` loads the core only: the names that need `datasets` are imported on first use.
 """
 
-import importlib
 import os
+
+from instructpart_dataset.extras import lazy_exports
 
 from .core import (
     METRIC_KEYS,
@@ -62,13 +63,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -6,8 +6,12 @@ script may be renamed (the Hub Space calls it `instructpart.py`) without changin
 """
 
 import datasets
-import evaluate
 import numpy as np
+
+try:
+    import evaluate
+except ImportError as error:  # the package's base install leaves the `evaluate` library out
+    raise ImportError("the evaluate module wrapper needs evaluate: pip install instructpart[evaluate]") from error
 
 from .core import StreamingScorer, mask_counts
 

@@ -8,7 +8,7 @@ Names are imported on first use, so that `python -m pisa_model.<tool>` and the
 torch-free parts of the package do not pay for transformers' model imports.
 """
 
-import importlib
+from instructpart_dataset.extras import lazy_exports
 
 _EXPORTS = {
     "PisaConfig": "configuration_pisa",
@@ -33,13 +33,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,9 +5,8 @@
         [--overwrite] [--batch-size 8] [--by object ...] [--limit N] [--dtype bfloat16] [--adapter-arg NAME=VALUE ...]
     accelerate launch -m pisa_model.evaluate --model MODEL ...          # the same, sharded over processes
 
-MODEL is a PISA checkpoint folder or an adapter spec (`full-image`, `centre-ellipse`, `clipseg:CKPT`,
-`grounded-sam:DINO_CKPT,SAM_CKPT`, `sam3:CKPT`, `reason-then-ground:VLM_CKPT,SEGMENTER_SPEC`): see
-`pisa_model/adapters/`. `centre-ellipse` takes its area from the train split of the same `--data-dir`.
+MODEL is a PISA checkpoint folder or an adapter spec (the list: `--help`, from
+`pisa_model.adapters.ADAPTER_SPECS`). `centre-ellipse` takes its area from the train split of the same `--data-dir`.
 
 Each process takes a contiguous slice of the rows with no padding (every row is scored exactly once,
 whatever the number of processes), predicts in batches and scores each row into a `StreamingScorer`
@@ -56,6 +55,7 @@ from instructpart_metric.results import (
 )
 
 from .adapters import load_adapter, parse_option
+from .adapters.registry import specs_help
 
 PROG = "python -m pisa_model.evaluate"
 
@@ -271,7 +271,10 @@ def _slug(model: str) -> str:
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50)."
+        prog=PROG,
+        description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50).",
+        epilog="MODEL specs (CKPT: a local folder or a Hub repo id):\n" + specs_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="PISA checkpoint folder or adapter spec (NAME[:CHECKPOINT])")
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub repo id")

@@ -266,7 +266,7 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         try:
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError as error:  # only LoRA checkpoints need peft
-            raise ImportError("lora_rank > 0 needs peft: pip install peft") from error
+            raise ImportError("lora_rank > 0 needs peft: pip install peft (or instructpart[lora])") from error
         lora = LoraConfig(
             r=self.config.lora_rank,
             lora_alpha=self.config.lora_alpha,

@@ -49,7 +49,10 @@ def test_layout_and_card_metadata(exported, release_dir):
     }
     infos = {i["config_name"]: i for i in meta["dataset_info"]}
     assert {s["name"]: s["num_examples"] for s in infos["orps"]["splits"]} == counts["orps"]
-    assert meta["license"] == "mit" and meta["task_categories"] == ["image-segmentation"]
+    # The release grants no licence: the card claims none and says whom to ask.
+    assert meta["license"] == "unknown" and meta["task_categories"] == ["image-segmentation"]
+    assert "no licence file" in text and "Flickr" in text and "zifuwan.github.io/InstructPart" in text
+    assert "MIT, as stated" not in text
     assert "[More Information Needed]" not in text
     assert "@inproceedings{wan2025instructpart" in text
 

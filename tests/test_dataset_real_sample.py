@@ -10,6 +10,7 @@ from PIL import Image
 from instructpart_dataset import load_instructpart
 
 
+@pytest.mark.slow
 def test_real_sample_rows_masks_and_sizes(sample_dir):
     with open(os.path.join(sample_dir, "test", "data_test.json")) as f:
         entries = sum(len(record["part_list"]) for record in json.load(f))

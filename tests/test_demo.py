@@ -21,6 +21,7 @@ def built(tmp_path_factory):
     return demo.run_demo(str(out), settings=SMALL)
 
 
+@pytest.mark.slow
 def test_every_file_is_written(built):
     out = built.out
     assert os.path.isfile(os.path.join(out, "release", "test", "data_test.json"))
@@ -51,6 +52,7 @@ def test_every_file_is_written(built):
     assert not leftovers
 
 
+@pytest.mark.slow
 def test_tiny_pisa_beats_both_baselines_on_giou(built):
     for config in CONFIGS:
         pisa = built.summaries[demo.TINY_PISA]["by_config"][config]["gIoU"]
@@ -72,6 +74,7 @@ class MetricCells(HTMLParser):
             self.cells.setdefault(self.row, {})[attrs["data-metric"]] = float(attrs["data-value"])
 
 
+@pytest.mark.slow
 def test_report_numbers_equal_the_scoring_cli(built, tmp_path, capsys):
     parser = MetricCells()
     with open(built.report, encoding="utf-8") as f:
@@ -94,6 +97,7 @@ def test_report_numbers_equal_the_scoring_cli(built, tmp_path, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_data_dir_mode_skips_generation_and_training(built, tmp_path, capsys):
     out = tmp_path / "real"
     checkpoint, hub = os.path.join(built.out, "model"), os.path.join(built.out, "hub")

@@ -86,6 +86,7 @@ def test_full_image_numbers_equal_a_naive_computation_from_the_release_files(rel
     assert "| human" in printed and "| TRPS (all)" in printed and f"{100 * expected['gIoU']:.2f}" in printed
 
 
+@pytest.mark.slow
 def test_full_image_on_the_real_sample_equals_a_naive_computation(sample_dir, tmp_path):
     results = _run(sample_dir, tmp_path, "full-image", "--config", "orps")
     entries = _release_entries(sample_dir)

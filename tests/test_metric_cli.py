@@ -187,6 +187,7 @@ def test_bad_arguments_get_one_line_errors(release_dir, tmp_path, capsys, argume
     assert expected.format(tmp=tmp_path) in err
 
 
+@pytest.mark.slow
 def test_a_fresh_interpreter_with_two_workers_scores_perfect_orps_predictions(release_dir, tmp_path):
     truths = release_truths(release_dir)
     perfect = {(kind, sample_id): mask for sample_id, (mask, _) in truths.items() for kind in ORPS}

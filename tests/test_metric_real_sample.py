@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from instructpart_metric.cli import main
@@ -21,6 +22,7 @@ def score(capsys, predictions, data_dir, out):
     return {key: results["configs"]["trps"]["all"][key] for key in PERFECT}, results
 
 
+@pytest.mark.slow
 def test_truth_scores_one_and_empty_masks_score_zero(sample_dir, tmp_path, capsys):
     masks = os.path.join(sample_dir, "test", "masks")
     perfect, empty = tmp_path / "perfect", tmp_path / "empty"

@@ -15,6 +15,7 @@ Measured here (seed 0, 800 steps of 8 rows, about 30 s on one thread): gIoU 0.70
 """
 
 import numpy as np
+import pytest
 
 from instructpart_dataset.synthetic import CATALOG, instructions_for, make_release, render_object
 from instructpart_metric import StreamingScorer
@@ -46,6 +47,7 @@ def _giou(predictions, references):
     return scorer.compute()["gIoU"]
 
 
+@pytest.mark.slow
 def test_tiny_pisa_learns_to_follow_the_instruction(tmp_path):
     release = make_release(str(tmp_path / "release"), seed=1, num_train=200, num_test=2, two_part_fraction=1.0)
     out = train(

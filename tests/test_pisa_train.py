@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -143,6 +144,7 @@ def test_bad_input_exits_with_one_line(release_dir, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_on_the_same_global_batch(release_dir, tmp_path):
     # ACCELERATE_USE_CPU + --multi_gpu runs two real processes on CPU (`--cpu` would silently run one). Each
     # takes its half of every step's rows and DDP averages the gradients: with per-row losses averaged per

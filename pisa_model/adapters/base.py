@@ -4,26 +4,15 @@ An adapter turns a batch of (image, instruction) pairs into binary masks at each
 
     masks = adapter.predict(images, instructions)   # list of bool (H, W) arrays, H, W = image.height, image.width
 
-Models are named by a spec string (`python -m pisa_model.evaluate --model SPEC`):
-
-    full-image | centre-ellipse                      trivial baselines (baselines.py)
-    PATH | pisa:PATH                                 a PISA checkpoint folder (pisa.py)
-    clipseg:CKPT                                     CLIPSeg (clipseg.py)
-    grounded-sam:DINO_CKPT,SAM_CKPT                  Grounding DINO box -> SAM mask (grounded_sam.py)
-    sam3:CKPT                                        SAM3 with a text prompt (sam3.py)
-    reason-then-ground:VLM_CKPT,SEGMENTER_SPEC       a VLM names the part, a segmenter masks it (reason_then_ground.py)
-
-CKPT is a local folder or a Hub repo id. Adapter options (`threshold`, ...) are keyword arguments of
-`load_adapter`, or `--adapter-arg NAME=VALUE` on the command line.
+Models are named by a spec string (`python -m pisa_model.evaluate --model SPEC`); the names, their
+syntax and modules are listed once, in `registry.py`, which builds an adapter from its spec.
+This module holds the protocol and the helpers the adapter modules share; it imports none of them.
 """
 
-import inspect
 import os
 from collections.abc import Callable
 
 import numpy as np
-
-_FACTORIES: dict = {}
 
 
 class Adapter:
@@ -68,92 +57,6 @@ def check_batch(images: list, instructions: list) -> None:
     for image in images:
         if not hasattr(image, "size") or not hasattr(image, "convert"):
             raise ValueError(f"expected PIL images, got {type(image).__name__}")
-
-
-def register_adapter(name: str) -> Callable:
-    """Register `factory(argument, *, device, dtype, **options) -> Adapter` under `name` (the part before `:`)."""
-
-    def decorate(factory):
-        _FACTORIES[name] = factory
-        return factory
-
-    return decorate
-
-
-def adapter_names() -> tuple:
-    _import_builtin_adapters()
-    return tuple(sorted(_FACTORIES))
-
-
-def _import_builtin_adapters():
-    # Each module registers itself on import; importing them here keeps `load_adapter` the one entry point.
-    from . import baselines, clipseg, grounded_sam, pisa, reason_then_ground, sam3  # noqa: F401
-
-
-def load_adapter(spec, *, device=None, dtype=None, **options) -> Adapter:
-    """Build the adapter named by `spec` (see the module docstring); an `Adapter` is returned as is.
-
-    Args:
-        spec (`str` or `Adapter`): `NAME`, `NAME:ARGUMENT`, or a PISA checkpoint folder.
-        device (`str` or `torch.device`, *optional*): where the model runs (default: CPU).
-        dtype (`torch.dtype`, *optional*): the model's floating dtype (default: the checkpoint's float32).
-        **options: the adapter's own options (`threshold=0.4`, `relative_area=0.1`, ...).
-    """
-    if isinstance(spec, Adapter):
-        if options:
-            raise ValueError(f"options {sorted(options)} given with an already built adapter {spec.name!r}")
-        return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
-    _import_builtin_adapters()
-    spec = spec.strip()
-    name, has_argument, argument = spec.partition(":")
-    if name in _FACTORIES:
-        factory = _FACTORIES[name]
-        argument = argument.strip() if has_argument else None
-    elif os.path.isdir(os.path.expanduser(spec)):
-        factory, name, argument = _FACTORIES["pisa"], "pisa", spec
-    elif not has_argument and (os.sep in spec or spec.startswith((".", "~"))):
-        raise FileNotFoundError(f"PISA checkpoint {spec!r}: no such folder (a Hub checkpoint is pisa:REPO_ID)")
-    else:
-        raise ValueError(
-            f"unknown model {spec!r}: expected a PISA checkpoint folder or one of "
-            f"{', '.join(sorted(_FACTORIES))} (NAME or NAME:CHECKPOINT)"
-        )
-    _check_options(name, factory, options)
-    return factory(argument, device=device, dtype=dtype, **options)
-
-
-def _check_options(name: str, factory: Callable, options: dict) -> None:
-    accepted = [
-        parameter.name
-        for parameter in inspect.signature(factory).parameters.values()
-        if parameter.kind == parameter.KEYWORD_ONLY and parameter.name not in ("device", "dtype")
-    ]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        takes = ", ".join(accepted) if accepted else "none"
-        raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))} (its options: {takes})")
-
-
-def parse_option(text: str) -> tuple:
-    """`"threshold=0.4"` -> `("threshold", 0.4)`: ints, floats, true/false/none are converted, the rest stays text."""
-    key, sep, value = text.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not key.isidentifier():
-        raise ValueError(f"adapter option {text!r} is not NAME=VALUE")
-    value = value.strip()
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return key, lowered == "true"
-    if lowered == "none":
-        return key, None
-    for convert in (int, float):
-        try:
-            return key, convert(value)
-        except ValueError:
-            pass
-    return key, value
 
 
 def require_argument(name: str, argument: str | None, form: str) -> str:

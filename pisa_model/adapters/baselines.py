@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .base import Adapter, check_batch, register_adapter
+from .base import Adapter, check_batch
 
 
 def ellipse_mask(height: int, width: int, relative_area: float) -> np.ndarray:
@@ -86,14 +86,12 @@ class CentreEllipseAdapter(Adapter):
         return [ellipse_mask(image.height, image.width, self.relative_area) for image in images]
 
 
-@register_adapter("full-image")
 def _full_image(argument, *, device=None, dtype=None):
     if argument:
         raise ValueError(f"full-image takes no checkpoint (got {argument!r})")
     return FullImageAdapter()
 
 
-@register_adapter("centre-ellipse")
 def _centre_ellipse(
     argument,
     *,

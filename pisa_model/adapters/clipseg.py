@@ -17,7 +17,6 @@ from .base import (
     dtype_options,
     load_pretrained,
     prepare_model,
-    register_adapter,
     require_argument,
     resolve_dtype,
     to_device,
@@ -62,7 +61,6 @@ class ClipSegAdapter(Adapter):
         ]
 
 
-@register_adapter("clipseg")
 def _clipseg(argument, *, device=None, dtype=None, threshold: float = DEFAULT_THRESHOLD):
     from transformers import AutoProcessor, CLIPSegForImageSegmentation
 

@@ -24,7 +24,6 @@ from .base import (
     dtype_options,
     load_pretrained,
     prepare_model,
-    register_adapter,
     require_argument,
     resolve_dtype,
     to_device,
@@ -111,7 +110,6 @@ class GroundedSamAdapter(Adapter):
         return self.predict_with_extras(images, instructions)[0]
 
 
-@register_adapter("grounded-sam")
 def _grounded_sam(argument, *, device=None, dtype=None):
     from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel
 

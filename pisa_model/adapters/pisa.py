@@ -19,7 +19,6 @@ from .base import (
     dtype_options,
     load_pretrained,
     prepare_model,
-    register_adapter,
     require_argument,
     resolve_dtype,
 )
@@ -60,7 +59,6 @@ class PisaAdapter(Adapter):
         return {"answers": {"mode": self.answer_mode, "rows": len(records), "with_seg": with_seg}}
 
 
-@register_adapter("pisa")
 def _pisa(argument, *, device=None, dtype=None, generate: bool = False, max_new_tokens: int = 32):
     from ..modeling_pisa import PisaForPartSegmentation
 

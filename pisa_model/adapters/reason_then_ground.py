@@ -28,10 +28,8 @@ from .base import (
     check_batch,
     checked_checkpoint,
     dtype_options,
-    load_adapter,
     load_pretrained,
     prepare_model,
-    register_adapter,
     require_argument,
     resolve_dtype,
     to_device,
@@ -218,7 +216,6 @@ class ReasonThenGroundAdapter(Adapter):
         return {"reasoning": reasoning_scores(records)}
 
 
-@register_adapter("reason-then-ground")
 def _reason_then_ground(argument, *, device=None, dtype=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -231,6 +228,8 @@ def _reason_then_ground(argument, *, device=None, dtype=None, max_new_tokens: in
         raise ValueError("reason-then-ground's segmenter cannot itself be reason-then-ground")
     vlm_checkpoint = checked_checkpoint(vlm_checkpoint, "reasoning VLM")  # refuse a missing one before loading
     dtype = resolve_dtype(dtype)
+    from .registry import load_adapter  # the segmenter is any adapter; the registry imports this module lazily
+
     segmenter = load_adapter(segmenter_spec, device=device, dtype=dtype)
     model = load_pretrained(
         AutoModelForImageTextToText.from_pretrained, vlm_checkpoint, "reasoning VLM", **dtype_options(dtype)

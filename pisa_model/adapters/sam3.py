@@ -31,7 +31,6 @@ from .base import (
     dtype_options,
     load_pretrained,
     prepare_model,
-    register_adapter,
     require_argument,
     resolve_dtype,
     to_device,
@@ -103,7 +102,6 @@ class Sam3Adapter(Adapter):
         return self.predict_with_extras(images, instructions)[0]
 
 
-@register_adapter("sam3")
 def _sam3(argument, *, device=None, dtype=None, threshold: float = DEFAULT_THRESHOLD):
     from transformers import Sam3Model
 
