@@ -7,8 +7,12 @@
 #   bash bench/gpu_check.sh --tiny     # the same steps with tiny components on CPU (run by the test suite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=python3
-[ -x .venv/bin/python ] && PYTHON=.venv/bin/python
+# $PYTHON, else the active venv's python, else the README's .venv, else python3.
+if [ -z "${PYTHON:-}" ]; then
+    if [ -n "${VIRTUAL_ENV:-}" ]; then PYTHON="$VIRTUAL_ENV/bin/python"
+    elif [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python
+    else PYTHON=python3; fi
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 exec "$PYTHON" bench/pisa_gpu_check.py "$@"

@@ -159,7 +159,8 @@ def _checked_files(samples: list, num_workers: int):
 def _write_shards(index, staging: str, max_shard_bytes: int, num_workers: int) -> dict:
     counts = {config: {} for config in CONFIGS}
     total = sum(len(samples) for samples in index.splits.values())
-    with tqdm(total=total, desc="Exporting InstructPart", unit="entry") as progress:
+    # disable=None: a bar on a terminal, none in a log (where it is lines of carriage returns).
+    with tqdm(total=total, desc="Exporting InstructPart", unit="entry", disable=None) as progress:
         for split, samples in index.splits.items():
             writers = {
                 config: _ShardWriter(os.path.join(staging, config), split, max_shard_bytes) for config in CONFIGS

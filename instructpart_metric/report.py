@@ -358,7 +358,7 @@ def _examples_section(summaries: dict, predictions: dict, rows: RowIndex, max_si
     )
     blocks = []
     jobs = [(m, c) for m, s in summaries.items() for c in s["examples"]]
-    for model, config in tqdm(jobs, desc="report examples", leave=False):
+    for model, config in tqdm(jobs, desc="report examples", leave=False, disable=None):  # none in a log
         cards = []
         for rank in EXAMPLE_RANKS:
             pick = summaries[model]["examples"][config][rank]

@@ -209,9 +209,8 @@ class PisaProcessor(ProcessorMixin):
         needs torchvision: resolving that name without torchvision falls back to the Pil class with a warning
         on every load. Without torchvision, take the Pil class directly (the one that was saved)."""
         import transformers
-        from transformers.utils import is_torchvision_available
 
-        if module_name.endswith("ImageProcessor") and not is_torchvision_available():
+        if module_name.endswith("ImageProcessor") and not transformers.is_torchvision_available():
             pil_class = getattr(transformers, f"{module_name}Pil", None)
             if pil_class is not None:
                 return pil_class

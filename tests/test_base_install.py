@@ -1,4 +1,4 @@
-"""With only the base install's requirements (no peft, matplotlib or evaluate), every module of the package
+"""With only the base install's requirements (no peft, matplotlib, evaluate or gradio), every module of the package
 imports, except the one documented as needing an extra, and what needs an extra says which, in one line."""
 
 import json
@@ -11,9 +11,16 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The extras' packages, hidden from a fresh interpreter as if they were not installed.
-EXTRAS = {"peft": "lora", "matplotlib": "report", "evaluate": "evaluate"}
-# Modules that need an extra at import: the evaluate module wrapper (a script `evaluate.load` runs).
-NEEDS_AN_EXTRA = {"instructpart_metric.instructpart_metric": "evaluate"}
+EXTRAS = {"peft": "lora", "matplotlib": "report", "evaluate": "evaluate", "gradio": "space"}
+# Modules that need an extra at import: the evaluate module wrapper (a script `evaluate.load` runs) and the
+# Gradio Space apps (run locally with `python -m ...space`).
+NEEDS_AN_EXTRA = {
+    "instructpart_metric.instructpart_metric": "evaluate",
+    "instructpart_metric.space.app": "space",
+    "instructpart_metric.space.__main__": "space",
+    "pisa_model.space.app": "space",
+    "pisa_model.space.__main__": "space",
+}
 
 PROBE = r"""
 import importlib, importlib.abc, json, pkgutil, sys

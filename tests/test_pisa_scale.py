@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -319,6 +320,7 @@ def test_gpu_check_tiny_trains_mixed_dtype_parts_in_bf16_and_evaluates_both_mode
         text=True,
         timeout=900,
         check=False,
+        env={**os.environ, "PYTHON": sys.executable},  # this interpreter, wherever the suite runs from
     )
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout

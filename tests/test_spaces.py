@@ -112,9 +112,12 @@ def test_pisa_space_segments_an_upload_like_model_predict(pisa_space, tmp_path):
             tinted = (0.45 * pixels[expected] + 0.55 * np.array([255, 40, 40])).astype(int)
             assert np.abs(shown[expected] - tinted).max() <= 1
             assert summary.startswith(f"{int(expected.sum())} pixels") and "teacher-forced" in summary
-        # This checkpoint's pipeline has no `generate`: the control offers teacher forcing only.
-        with pytest.raises(Exception, match="not in the list of choices"):
-            client.predict(handle_file(requests[1][0]), "lid", "generated", api_name="/segment")
+        # This package's pipeline takes `generate`: the generated answer's mask is `predict(generate=True)`'s.
+        image_path, instruction = requests[1]
+        _, mask_path, summary = client.predict(handle_file(image_path), instruction, "generated", api_name="/segment")
+        expected = model.predict([Image.open(image_path).convert("RGB")], [instruction], generate=True)[0]
+        assert np.array_equal(np.asarray(Image.open(mask_path).convert("L")) > 0, expected)
+        assert "generated" in summary
         with pytest.raises(Exception, match="Type an instruction"):
             client.predict(handle_file(requests[1][0]), "  ", "teacher-forced", api_name="/segment")
         if CHROMIUM is not None:

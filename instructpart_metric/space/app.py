@@ -17,9 +17,14 @@ import os
 import re
 import zipfile
 
-import datasets
-import evaluate
-import gradio as gr
+try:
+    import datasets
+    import evaluate
+    import gradio as gr
+except ImportError as missing:  # locally; on the Space, requirements.txt installs them
+    raise ImportError(
+        f"this Space app needs datasets, evaluate, gradio ({missing}): pip install instructpart[space]"
+    ) from None
 import numpy as np
 from huggingface_hub import RepoCard
 from PIL import Image

@@ -19,7 +19,10 @@ import json
 import os
 import time
 
-import gradio as gr
+try:
+    import gradio as gr
+except ImportError as missing:  # locally; on the Space, requirements.txt installs them
+    raise ImportError(f"this Space app needs gradio ({missing}): pip install instructpart[space]") from None
 import numpy as np
 import torch
 from huggingface_hub import RepoCard
