@@ -19,15 +19,15 @@ import argparse
 import collections
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from timing import median_time  # noqa: E402  (bench/timing.py, beside this script)
 
 from instructpart_dataset import load_instructpart, scan_release  # noqa: E402
 from instructpart_dataset.synthetic import make_release  # noqa: E402
@@ -44,15 +44,6 @@ class PixelReadingFullImage(FullImageAdapter):
         for image in images:
             image.load()
         return super().predict(images, instructions)
-
-
-def median_time(function, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():

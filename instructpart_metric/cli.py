@@ -28,7 +28,6 @@ PROG = "python -m instructpart_metric"
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_config: str = DEFAULT_CONFIG) -> None:
     """The options the score, report and evaluate commands share: configs, ORPS form, comparison, overwrite."""
-    from .paper import DEFAULT_ORPS_FORM, ORPS_FORMS
 
     # A string, checked by results.parse_configs when the command runs (one-line errors, like other inputs).
     parser.add_argument(
@@ -37,12 +36,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_config: str = DEF
         metavar="CONFIGS",
         help=f"one or more of {', '.join(CONFIGS)}, comma-separated (e.g. trps,orps; default {default_config})",
     )
-    parser.add_argument(
-        "--orps-form",
-        choices=ORPS_FORMS,
-        default=DEFAULT_ORPS_FORM,
-        help="ORPS columns of the paper table from the part question (variants 2/3) or the part name (4/5)",
-    )
+    from .paper import add_orps_form_argument
+
+    add_orps_form_argument(parser)
     parser.add_argument(
         "--compare-published", action="store_true", help="print the paper's table with yours inserted and ranked"
     )

@@ -257,14 +257,25 @@ def format_paper_markdown(models: dict, orps_form: str = DEFAULT_ORPS_FORM, *, p
     return "\n".join(lines + notes)
 
 
+def add_orps_form_argument(parser) -> None:
+    """`--orps-form question|name`, as the score, report and evaluate commands take it."""
+    parser.add_argument(
+        "--orps-form",
+        choices=ORPS_FORMS,
+        default=DEFAULT_ORPS_FORM,
+        help="ORPS columns of the paper table from the part question (variants 2/3) or the part name (4/5)",
+    )
+
+
 __all__ = [
-    "format_paper_markdown",
     "COLUMN_GROUPS",
     "DEFAULT_ORPS_FORM",
     "ORPS_FORMS",
     "PAPER_COLUMNS",
     "PUBLISHED_SOURCE",
+    "add_orps_form_argument",
     "check_orps_form",
+    "format_paper_markdown",
     "format_paper_table",
     "ordinal",
     "orps_form_note",
@@ -273,3 +284,4 @@ __all__ = [
     "rank_against_published",
     "rank_lines",
 ]
+

@@ -35,9 +35,9 @@ from .core import METRIC_KEYS, StreamingScorer
 from .paper import (
     COLUMN_GROUPS,
     DEFAULT_ORPS_FORM,
-    ORPS_FORMS,
     PAPER_COLUMNS,
     PUBLISHED_SOURCE,
+    add_orps_form_argument,
     check_orps_form,
     orps_form_note,
     paper_row,
@@ -452,12 +452,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=",".join(CONFIGS), help="the configs the folders hold, comma-separated (default trps,orps)"
     )
-    parser.add_argument(
-        "--orps-form",
-        choices=ORPS_FORMS,
-        default=DEFAULT_ORPS_FORM,
-        help="ORPS columns of the paper table from the part question (variants 2/3) or the part name (4/5)",
-    )
+    add_orps_form_argument(parser)
     parser.add_argument(
         "--predictions",
         action="append",
