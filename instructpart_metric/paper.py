@@ -284,4 +284,3 @@ __all__ = [
     "rank_against_published",
     "rank_lines",
 ]
-
