@@ -99,6 +99,7 @@ def test_score_bad_input_exits_2(hub, tmp_path):
     assert result.returncode == 2 and "unknown config 'nope'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a subprocess of the whole command (over ~4 s here)
 def test_evaluate_output_under_a_file_fails_before_predicting(hub, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
@@ -108,6 +109,7 @@ def test_evaluate_output_under_a_file_fails_before_predicting(hub, tmp_path):
     assert message == f"{out}: cannot write: {blocker} is a file, not a folder"
 
 
+@pytest.mark.slow  # a subprocess of the whole command (over ~4 s here)
 def test_upload_and_the_evaluate_command_share_the_bad_input_code(tmp_path):
     result = run([*EVALUATE, "--model", "full-image", "--data-dir", str(tmp_path / "nowhere")], tmp_path)
     assert str(tmp_path / "nowhere") in one_line(result, 2, "python -m pisa_model.evaluate")

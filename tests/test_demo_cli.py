@@ -17,6 +17,7 @@ def summaries(out):
         return json.load(f)["models"]
 
 
+@pytest.mark.slow  # a subprocess of the whole command (over ~4 s here)
 def test_a_model_named_like_a_baseline_replaces_it(release_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert demo.main(["--out", str(out), "--data-dir", release_dir, "--model", "full-image"]) == 0
@@ -51,6 +52,7 @@ def test_two_models_under_one_name_are_one_line(release_dir, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow  # a subprocess of the whole command (over ~4 s here)
 def test_a_release_without_a_train_split_skips_the_ellipse_with_one_sentence(release_dir, tmp_path, capsys):
     test_only = tmp_path / "test-only"
     shutil.copytree(os.path.join(release_dir, "test"), test_only / "test")
