@@ -31,6 +31,7 @@ from instructpart_dataset.schema import (
 )
 
 from . import report_html as html
+from .cli import PROG
 from .core import METRIC_KEYS, StreamingScorer
 from .paper import (
     COLUMN_GROUPS,
@@ -487,7 +488,7 @@ def run_report(args: argparse.Namespace) -> str:
             hint = f" (scoring {','.join(configs)}; pass --config for the configs the folder holds)"
             raise FileNotFoundError(f"{error}{hint if len(configs) > 1 else ''}") from None
     record = provenance(
-        command_line("python -m instructpart_metric", getattr(args, "argv", None)),
+        command_line(PROG, getattr(args, "argv", None)),
         args.orps_form,
         dataset_identity(args.data_dir, args.split, by_config),
         predictions=predictions,

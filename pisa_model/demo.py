@@ -201,7 +201,7 @@ def _evaluate(models: dict, datasets: list, out: str, batch_size: int, data: dic
             tuple(CONFIGS),
             orps_form=DEFAULT_ORPS_FORM,
             provenance=provenance(
-                command_line("python -m pisa_model.demo"),
+                command_line(PROG),
                 DEFAULT_ORPS_FORM,
                 data,
                 model=model_identity(spec if isinstance(spec, str) else adapter.name, adapter.name),
@@ -293,7 +293,7 @@ def run_demo(
         datasets,
         title="InstructPart · demo" if built_in else "InstructPart results",
         subtitle=f"{source} · {split} split",
-        provenance=provenance(command_line("python -m pisa_model.demo"), DEFAULT_ORPS_FORM, data),
+        provenance=provenance(command_line(PROG), DEFAULT_ORPS_FORM, data),
     )
     with open(os.path.join(out, "report", "report.json")) as f:
         result.summaries = json.load(f)["models"]

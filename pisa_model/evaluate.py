@@ -385,7 +385,7 @@ def evaluation_results(scorer, configs: tuple, by_config: dict, args, extras: di
         compare_published=args.compare_published,
         extra=extras["summary"],
         provenance=provenance(
-            command_line("python -m pisa_model.evaluate", getattr(args, "argv", None)),
+            command_line(PROG, getattr(args, "argv", None)),
             args.orps_form,
             dataset_identity(args.data_dir, args.split, by_config),
             model=model_identity(args.model, extras["model"]),
