@@ -159,8 +159,9 @@ def _plant_hostile_code(folder, filename, key_path, base):
     "filename,key_path,base,imported_with_consent",
     [
         ("processor_config.json", ("image_processor",), "CLIPImageProcessorPil", True),
-        # transformers builds the second image processor from its `image_processor_type` alone, even when trusted.
-        ("processor_config.json", ("mask_image_processor",), "SamImageProcessorPil", False),
+        # Whether transformers imports the second image processor's own code once trusted changed in 5.25 (it
+        # did not before): the contract checked here is the refusal without consent and a working load with it.
+        ("processor_config.json", ("mask_image_processor",), "SamImageProcessorPil", None),
         ("tokenizer_config.json", (), "PreTrainedTokenizerFast", None),
     ],
 )
@@ -185,10 +186,11 @@ def test_checkpoint_code_runs_only_with_the_users_consent(tmp_path, filename, ke
     with pytest.raises(ValueError, match="asks to run its own code"):
         PisaProcessor.from_pretrained(tmp_path)
     assert not os.path.exists(ran)
-    if imported_with_consent is not None:  # (the hostile tokenizer class is no tokenizer the processor accepts)
+    if filename != "tokenizer_config.json":  # (the hostile tokenizer class is no tokenizer the processor accepts)
         trusted = PisaForPartSegmentation.from_pretrained(tmp_path, trust_remote_code=True)
         assert trusted.predict([image], ["where is the handle?"])[0].shape == (24, 32)
-        assert os.path.exists(ran) == imported_with_consent
+        if imported_with_consent:
+            assert os.path.exists(ran)
 
 
 def test_checkpoint_saved_by_this_package_loads_without_trust_remote_code(tmp_path):
