@@ -230,7 +230,7 @@ class ApiVLM:
         return entry if isinstance(entry, dict) and isinstance(entry.get("answer"), str) else None
 
     def _store(self, key: str, entry: dict) -> None:
-        from instructpart_dataset.files import write_text_atomic
+        from instructpart_dataset.toolbox.files import write_text_atomic
 
         path = self._cache_path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
