@@ -6,7 +6,7 @@ POST /v1/chat/completions answers from the prompt and the image it is sent: a pr
 gets `The part is here: [x0, y0, x1, y1]` (the centre half of the image it was shown, in its pixels), any other
 prompt `the handle of the object`. Usage counts the prompt's and the answer's characters / 4 as tokens.
 GET /stats gives the requests served so far. `FakeOpenAIServer(faults=...)` (the tests) makes the requests whose
-prompt holds a given text answer, in turn, with faults: `429` (Retry-After: 0), `500`, `slow` (answers after
+prompt holds a given text answer, in turn, with faults: `429` (Retry-After: 0; `429:S` sends S), `500` (or any other status), `slow` (answers after
 `slow_seconds`), `malformed` (a body that is not JSON), `no-choices` (an empty choice list), `401`; after its
 list of faults a row gets the normal answer.
 """
@@ -87,9 +87,10 @@ class FakeOpenAIServer:
                     owner.requests.append((prompt, fault))
                 if owner.delay:
                     time.sleep(owner.delay)
-                if fault == "429":
-                    return self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": "0"})
-                if fault in ("500", "401"):
+                if fault and fault.startswith("429"):  # "429" or "429:SECONDS" (its Retry-After, default 0)
+                    wait = fault.partition(":")[2] or "0"
+                    return self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": wait})
+                if fault and fault.isdigit():  # any other status: "500", "503", "401", ...
                     return self._send(int(fault), b'{"error": {"message": "fault"}}')
                 if fault == "malformed":
                     return self._send(200, b'{"choices": [{"message": ')
