@@ -404,3 +404,92 @@ def test_reason_then_ground_through_the_api_and_score_agree(release_dir, tmp_pat
         scored = json.load(f)
     for key in ("configs", "paper", "published_ranks"):
         assert scored[key] == results[key], key
+
+
+# --- a local VLM: a tiny random Qwen2.5-VL end to end ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen_folder(tmp_path_factory):
+    return tiny.save_tiny_qwen2_5_vl(str(tmp_path_factory.mktemp("qwen2_5_vl")))
+
+
+def test_local_qwen_reports_its_smart_resized_input(qwen_folder):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from pisa_model.adapters.vlm import load_vlm
+
+    vlm = load_vlm(qwen_folder)
+    images = [Image.new("RGB", size, (90, 40, 10)) for size in [(517, 333), (131, 97), (40, 300)]]
+    answers = vlm.ask(images, ["find the handle"] * 3)
+    for image, answer in zip(images, answers):
+        height, width = smart_resize(image.height, image.width, factor=28, **tiny.QWEN_PIXELS)
+        assert answer.model_input_size == (width, height) and answer.shown_size == image.size
+        assert isinstance(answer.text, str) and answer.error is None
+
+
+def _local_run(capsys, spec, data_dir, out, *extra):
+    status, stdout, err = _evaluate(
+        capsys, spec, data_dir, out, "--adapter-arg", "max_new_tokens=8", *extra, limit=("--limit", "2")
+    )
+    assert status == 0, err
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    with open(out / "predictions" / "answers.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    return results, records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["synthetic", "sample"])
+def test_local_qwen_vlm_box_end_to_end(data, request, release_dir, qwen_folder, sam_folder, tmp_path, capsys):
+    data_dir = release_dir if data == "synthetic" else request.getfixturevalue("sample_dir")  # skips without it
+    results, records = _local_run(capsys, f"vlm-box:{qwen_folder},{sam_folder}", data_dir, tmp_path)
+    assert len(records) == 4 and results["configs"]["orps"]["all"]["num_samples"] == 2
+    boxes = results["boxes"]["all"]
+    assert boxes["rows"] == 4 and boxes["boxed"] + boxes["abstained"] == 4 and boxes["failed"] == 0
+    for record in records:  # a random model's answer: whatever it says, the row is boxed or abstains
+        assert record["status"] == ("box" if record["box"] else "abstained") and isinstance(record["answer"], str)
+        if record["status"] == "abstained":
+            png = tmp_path / "predictions" / record["instruction_type"] / f"{record['id']}.png"
+            assert not np.asarray(Image.open(png)).any()
+    adapter = results["provenance"]["adapter"]
+    assert adapter["box_format"] == "qwen2.5-vl" and adapter["vlm"] == {
+        "kind": "local",
+        "decoding": "greedy",
+        "max_new_tokens": 8,
+    }
+    assert adapter["prompts"]["templates"] == prompt_table.box_prompt_table("qwen2.5-vl")
+
+
+def test_local_vlm_box_with_json_answers(release_dir, sam_folder, tmp_path, capsys, monkeypatch):
+    """A LLaVA whose answers are replaced by boxes in its shown image's pixels: the masks are SAM's of those boxes."""
+    from pisa_model.adapters import vlm as vlm_module
+
+    folder = tiny.save_tiny_vlm(str(tmp_path / "llava"))
+    real_ask = vlm_module.LocalVLM.ask
+
+    def ask(self, images, prompts):
+        answers = real_ask(self, images, prompts)  # the real generate call runs; its random text is replaced
+        return [a._replace(text=f"[{a.shown_size[0] // 4}, {a.shown_size[1] // 4}, 1e9, 1e9]") for a in answers]
+
+    monkeypatch.setattr(vlm_module.LocalVLM, "ask", ask)
+    results, records = _local_run(capsys, f"vlm-box:{folder},{sam_folder}", release_dir, tmp_path / "out")
+    assert results["provenance"]["adapter"]["box_format"] == "json"
+    from transformers import AutoProcessor, SamModel
+
+    from instructpart_dataset import load_instructpart
+
+    sam = SamModel.from_pretrained(sam_folder).eval(), AutoProcessor.from_pretrained(sam_folder)
+    rows = {
+        (r["instruction_type"], r["id"]): r
+        for c in ("trps", "orps")
+        for r in load_instructpart(release_dir, c).select(range(2))
+    }
+    for record in records:
+        image = rows[(record["instruction_type"], record["id"])]["image"].convert("RGB")
+        box = (image.width // 4, image.height // 4, image.width, image.height)  # clipped at the image's edge
+        assert record["box"] == pytest.approx(box, abs=0.01) and record["status"] == "box"
+        expected = sam_box_masks(*sam, [image], [box])[0][0]
+        png = tmp_path / "out" / "predictions" / record["instruction_type"] / f"{record['id']}.png"
+        assert np.array_equal(np.asarray(Image.open(png)) > 0, expected)
