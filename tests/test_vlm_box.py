@@ -4,7 +4,6 @@ server on 127.0.0.1) with its faults, retries, failure accounting, cache and key
 
 import glob
 import json
-import math
 import os
 import sys
 

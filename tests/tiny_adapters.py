@@ -364,8 +364,12 @@ def save_tiny_qwen2_5_vl(folder: str, seed: int = 0) -> str:
     """A tiny Qwen2.5-VL (`AutoModelForImageTextToText` loads it) with Qwen's chat template and special tokens and
     its image processor (`smart_resize` within `QWEN_PIXELS`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers import Qwen2VLImageProcessorPil
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
 
     backend = Tokenizer(models.BPE(vocab={char: i for i, char in enumerate(_byte_alphabet())}, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -4,7 +4,7 @@ e.g. `vlm-box:api:gpt-4o@https://api.openai.com/v1,facebook/sam-vit-huge` or, fo
 `vlm-box:api:Qwen/Qwen2.5-VL-72B-Instruct@http://gpu-box:8000/v1,facebook/sam-vit-huge`. It costs one request
 per row (a rerun with the same prompts, images and settings costs none: see the cache).
 
-Request     `POST BASE_URL/chat/completions` through httpx (the HTTP client huggingface_hub already brings):
+Request     `POST BASE_URL/chat/completions` through httpx (`pip install instructpart[api]`):
             one user message holding the prompt and the image as a base64 JPEG data URL (quality 90), the image
             resized so its longest side is at most `longest_side` (default 1024; never enlarged) - the size
             sent is what the prompt quotes and what a box is mapped back from; `max_tokens` (default 256),
@@ -124,6 +124,12 @@ class ApiVLM:
     """`ask(images, prompts) -> list[VLMAnswer]` from an OpenAI-compatible endpoint (see the module docstring)."""
 
     def __init__(self, model: str, base_url: str, **options):
+        from instructpart_dataset.toolbox.extras import require
+
+        try:
+            require("httpx", "api", "api:MODEL@BASE_URL")
+        except ImportError as error:
+            raise ValueError(str(error)) from None
         unknown = sorted(set(options) - set(DEFAULTS))
         if unknown:
             raise ValueError(f"unknown API option(s) {', '.join(unknown)} (options: {', '.join(DEFAULTS)})")
