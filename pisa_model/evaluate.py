@@ -18,7 +18,9 @@ an earlier run's is there, unless `--overwrite`); with `--save-predictions`, eve
 writes `OUT/predictions/<instruction_type>/<id>.png` (mode "1", non-zero = foreground: the layout
 `python -m instructpart_metric score` and the report read), and the main process writes the adapter's
 per-sample extras to `OUT/predictions/<name>.jsonl` (reason-then-ground: `phrases.jsonl`; PISA with
-`--adapter-arg generate=true`: `answers.jsonl`, written with or without `--save-predictions`). Rows are read and
+`--adapter-arg generate=true` and vlm-box: `answers.jsonl`, written with or without `--save-predictions`). An
+adapter's rows that failed (an API VLM's, after their retries) stop the run with exit status 1 naming how many,
+writing no results.json and removing this run's predictions/, unless `--adapter-arg allow_failures=true`. Rows are read and
 decoded by `--num-workers` threads ahead of the model and PNGs are written from threads, so a fast model does not
 wait on JPEG decoding.
 
@@ -58,6 +60,14 @@ from .adapters import load_adapter, parse_option
 from .adapters.registry import specs_help
 
 PROG = "python -m pisa_model.evaluate"
+VLM_EXAMPLES = """
+
+Box-drawing VLMs, local or through any OpenAI-compatible endpoint (API: one request per row, cached on disk; the key
+from $OPENAI_API_KEY or --adapter-arg api_key_env=NAME; options concurrency, max_retries, timeout, longest_side,
+max_tokens, temperature, cache_dir, allow_failures):
+  --model vlm-box:Qwen/Qwen2.5-VL-7B-Instruct,facebook/sam-vit-huge
+  --model vlm-box:api:gpt-4o@https://api.openai.com/v1,facebook/sam-vit-huge --adapter-arg concurrency=8
+A row that fails after its retries stops the run (exit 1, naming how many) unless allow_failures=true."""
 
 
 def _row_batches(dataset, indices: list, batch_size: int, num_workers: int):
@@ -316,7 +326,7 @@ def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50).",
-        epilog="MODEL specs (CKPT: a local folder or a Hub repo id):\n" + specs_help(),
+        epilog="MODEL specs (CKPT: a local folder or a Hub repo id):\n" + specs_help() + VLM_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="PISA checkpoint folder or adapter spec (NAME[:CHECKPOINT])")

@@ -332,6 +332,12 @@ def test_failed_rows_stop_the_run_unless_allowed(release_dir, sam_folder, tmp_pa
     assert results["provenance"]["failures"]["rows"] == 1 and results["boxes"]["all"]["failed"] == 1
     assert results["provenance"]["adapter"]["usage"]["cache_hits"] == 5
     assert "1 rows failed and are scored as empty masks (allow_failures=true)" in out2
+    from instructpart_metric.provenance import format_provenance  # the report's footer and the console
+
+    lines = format_provenance(results["provenance"])
+    assert "failures: 1 rows failed and are scored as empty masks (allow_failures=true)" in lines
+    assert any(line.startswith("prompts: sha256 ") and "box format json; VLM fake at" in line for line in lines)
+    assert any(line.startswith("api: 2 requests (1 retries), cache 5 hits / 1 misses") for line in lines), lines
     with open(tmp_path / "allowed" / "predictions" / "answers.jsonl") as f:
         records = [json.loads(line) for line in f]
     failed = [r for r in records if r["status"] == "failed"]
