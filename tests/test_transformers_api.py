@@ -17,6 +17,8 @@ MODULE_PATHS = {
     ("transformers.models.sam.modeling_sam", "SamMaskDecoder"): "SAM's parts are not exported at the top level",
     ("transformers.models.sam.modeling_sam", "SamPromptEncoder"): "SAM's parts are not exported at the top level",
     ("transformers.models.sam.modeling_sam", "SamPositionalEmbedding"): "SAM's parts are not exported at the top level",
+    ("transformers.models.sam.modeling_sam", "SamVisionEncoder"): "SAM's parts are not exported at the top level "
+    "(SamVisionModel wraps it in a PreTrainedModel, adding a level to every weight name)",
     ("transformers.utils", "ModelOutput"): "the documented path of ModelOutput",
     ("transformers.utils", "cached_file"): "a local folder's or Hub repo's file, resolved as from_pretrained does "
     "(from_components reads SAM's prompt-encoder and mask-decoder tensors only)",
