@@ -383,7 +383,7 @@ def convert(
         SamImageProcessorPil,
     )
 
-    from instructpart_dataset.files import publish_folder
+    from instructpart_dataset.toolbox.files import publish_folder
 
     from .configuration_pisa import PisaConfig
     from .modeling_pisa import PisaForPartSegmentation
@@ -543,7 +543,7 @@ def _dtype(name: str | None, tensors: dict):
 
 
 def main(argv=None) -> int:
-    from instructpart_dataset.cli_errors import run_command
+    from instructpart_dataset.toolbox.cli_errors import run_command
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Convert a released LISA checkpoint into this package's model."

@@ -10,17 +10,14 @@ with this package: everything must agree (logits within 1e-4 in float32, equal m
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from instructpart_dataset.toolbox.fresh_process import run_isolated
 from pisa_model import PisaForPartSegmentation, convert_lisa
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fresh_process import run_isolated  # noqa: E402
 
 pytest.importorskip("sentencepiece", reason="reading LISA's sentencepiece tokenizer needs instructpart[lisa]")
 
