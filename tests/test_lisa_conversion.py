@@ -211,3 +211,35 @@ def test_converted_lisa_loads_through_automodel_with_the_project_not_importable(
     lisa_mask = expected["case1_forced_mask_logits"] > 0
     assert np.array_equal(np.load(tmp_path / "mask.npy"), lisa_mask)
     assert np.array_equal(np.load(tmp_path / "mask.npy.pipeline.npy"), lisa_mask)
+
+
+@pytest.mark.slow
+def test_lisa_adapter_converts_a_raw_checkpoint_once_and_reads_a_converted_folder(converted, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from pisa_model.adapters import load_adapter
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    meta, expected = _cases()
+    case = meta["cases"][0]
+    image = Image.open(os.path.join(FIXTURE, case["image"]))
+    lisa_mask = expected["case0_forced_mask_logits"] > 0
+    raw = load_adapter(f"lisa:{CHECKPOINT}", vision_tower=TOWER, dtype="float32")
+    cached = os.listdir(tmp_path / "hf" / "instructpart" / "lisa")
+    assert len(cached) == 1 and raw.name == f"lisa:{CHECKPOINT}"
+    assert np.array_equal(raw.predict([image], [case["instruction"]])[0], lisa_mask)
+    again = load_adapter(f"lisa:{CHECKPOINT}", vision_tower=TOWER, dtype="float32")  # read from the cache
+    assert os.listdir(tmp_path / "hf" / "instructpart" / "lisa") == cached
+    assert np.array_equal(again.predict([image], [case["instruction"]])[0], lisa_mask)
+    folder = load_adapter(f"lisa:{converted}")
+    assert np.array_equal(folder.predict([image], [case["instruction"]])[0], lisa_mask)
+
+
+def test_compare_published_names_lisa_runs_as_the_published_lisa_row():
+    from instructpart_metric.paper import PAPER_COLUMNS, format_paper_table, published_counterpart
+
+    columns = dict.fromkeys(PAPER_COLUMNS, 0.1)
+    assert published_counterpart("lisa:xinlai/LISA-7B-v1") == "LISA" and published_counterpart("out/pisa") is None
+    text = format_paper_table({"lisa:out/lisa-7b-v1": columns, "out/pisa": columns}, published=True)
+    linked = [line for line in text.splitlines() if "same system as the published" in line]
+    assert len(linked) == 1 and linked[0].startswith("lisa:out/lisa-7b-v1 ") and "LISA row" in linked[0]
