@@ -43,11 +43,7 @@ def write_zip_bomb(path: str, entries: list) -> None:
         encoded = name.encode()
         fields = struct.pack("<HHHHHLLLHH", 20, 0, 8, 0, 0x21, crc, len(data), declared, len(encoded), 0)
         directory += (
-            b"PK\x01\x02"
-            + struct.pack("<H", 20)
-            + fields
-            + struct.pack("<HHHLL", 0, 0, 0, 0, len(local))
-            + encoded
+            b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHLL", 0, 0, 0, 0, len(local)) + encoded
         )
         local += b"PK\x03\x04" + fields + encoded + data
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory), len(local), 0)
