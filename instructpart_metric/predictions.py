@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from instructpart_dataset.files import write_atomic
 from instructpart_dataset.schema import SCORE_LABELS, sample_key
+from instructpart_dataset.toolbox.files import write_atomic
 
 from .core import StreamingScorer, array_counts, read_mask_png
 
