@@ -29,10 +29,6 @@ from instructpart_dataset.toolbox.cli_errors import OperationFailed, run_command
 from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated, serve_isolated
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DISTRIBUTION = "instructpart"  # whose install_requires the Spaces' requirements.txt copy
-# What each Space's app imports besides gradio (which comes with the card's `sdk_version`).
-METRIC_SPACE_NEEDS = ("evaluate", "datasets", "huggingface_hub", "numpy", "pillow")
-MODEL_SPACE_NEEDS = ("transformers", "torch", "safetensors", "huggingface_hub", "numpy", "pillow")
 
 
 class UploadError(OperationFailed):
@@ -79,84 +75,12 @@ def verify_dataset(stage: str, counts: dict) -> None:
 # --- metric ----------------------------------------------------------------------------------------------------
 
 
-def space_requirements(names) -> str:
-    """requirements.txt of a Space: the version ranges of `names` exactly as this project's installed
-    distribution declares them (setup.cfg's install_requires, else its extras), so that the Space runs what the
-    tests ran."""
-    from importlib.metadata import PackageNotFoundError, requires
-
-    from packaging.requirements import Requirement
-
-    try:
-        declared = [Requirement(line) for line in requires(DISTRIBUTION) or []]
-    except PackageNotFoundError:
-        raise UploadError(f"{DISTRIBUTION} is not installed: run `pip install -e .` in {HERE}") from None
-    ranges = {}
-    for req in sorted(declared, key=lambda req: req.marker is not None):  # install_requires first, then extras
-        if req.marker is None or "extra" in str(req.marker):
-            ranges.setdefault(req.name.lower().replace("_", "-"), f"{req.name}{req.specifier}")
-    lines = []
-    for name in names:
-        key = name.lower().replace("_", "-")
-        if key not in ranges:
-            raise UploadError(f"{name} is not among {DISTRIBUTION}'s requirements; cannot pin it in a Space")
-        lines.append(ranges[key])
-    return "\n".join(lines) + "\n"
-
-
-def gradio_version() -> str:
-    """The installed gradio's version: the Space card's `sdk_version`, the gradio its app is launched with here."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gradio")
-    except PackageNotFoundError:
-        raise UploadError(
-            "gradio is not installed: a Space is launched before it is pushed (pip install -e '.[space]')"
-        ) from None
-
-
-def _write_space_files(stage: str, app_file: str, needs, card) -> None:
-    """app.py, requirements.txt and the card (README.md) with the Space metadata the Hub reads."""
-    shutil.copy(app_file, os.path.join(stage, "app.py"))
-    with open(os.path.join(stage, "requirements.txt"), "w") as f:
-        f.write(space_requirements(needs))
-    card.data.sdk = "gradio"
-    card.data.sdk_version = gradio_version()
-    card.data.app_file = "app.py"
-    card.save(os.path.join(stage, "README.md"))
-
-
 def stage_metric(stage: str, repo_id: str, dataset_id: str | None = None) -> None:
-    """The evaluate module as a Space: `<repo name>.py` (so `evaluate.load(repo_id)` finds it), the modules it
-    imports, its card (listing the dataset whose zips the app scores), the app and requirements."""
-    from huggingface_hub import RepoCard
+    """The metric Space, staged by its package (`instructpart_metric.space.stage_space`) in a fresh folder."""
+    from instructpart_metric.space import stage_space
 
-    from instructpart_metric.space import APP_FILE
-
-    source = os.path.join(HERE, "instructpart_metric")
-    name = repo_id.split("/")[-1]
     _fresh_folder(stage)
-    shutil.copy(os.path.join(source, "instructpart_metric.py"), os.path.join(stage, f"{name}.py"))
-    for module in _relative_imports(os.path.join(source, "instructpart_metric.py")):
-        shutil.copy(os.path.join(source, f"{module}.py"), os.path.join(stage, f"{module}.py"))
-    card = RepoCard.load(os.path.join(source, "README.md"))
-    card.data.datasets = [dataset_id or _default_dataset_id(repo_id)]
-    _write_space_files(stage, APP_FILE, METRIC_SPACE_NEEDS, card)
-
-
-def _default_dataset_id(repo_id: str) -> str:
-    return f"{repo_id.split('/')[0]}/instructpart"
-
-
-def _relative_imports(script: str) -> list:
-    """Sibling modules a script imports as `from .name import x` (evaluate copies them beside it)."""
-    modules = []
-    with open(script) as f:
-        for line in f:
-            if line.startswith("from .") and " import " in line:
-                modules.append(line[len("from .") :].split(" import ")[0].strip())
-    return sorted(set(modules))
+    stage_space(stage, repo_id, dataset_id)
 
 
 def _space_client(url: str):
@@ -398,33 +322,12 @@ def stage_model(
 
 
 def stage_model_space(stage: str, model_repo_id: str, license: str = "apache-2.0") -> None:
-    """The demo Space of `model_repo_id`: pisa_model/space/app.py, generated example photos, requirements and a
-    card whose `models:` links the Space to the model (and tells the app which model to load)."""
-    from huggingface_hub import SpaceCard, SpaceCardData
-
-    from pisa_model.space import APP_FILE, write_examples
+    """The demo Space of `model_repo_id`, staged by its package (`pisa_model.space.stage_space`) in a fresh
+    folder."""
+    from pisa_model.space import stage_space
 
     _fresh_folder(stage)
-    write_examples(os.path.join(stage, "examples"))
-    data = SpaceCardData(
-        title="PISA part segmentation",
-        emoji="🔧",
-        colorFrom="red",
-        colorTo="gray",
-        pinned=False,
-        license=license,
-        models=[model_repo_id],
-        tags=["instructpart", "part-segmentation"],
-    )
-    card = SpaceCard(
-        f"---\n{data.to_yaml()}\n---\n\n"
-        f"Demo of [{model_repo_id}](https://huggingface.co/{model_repo_id}): a photo and an instruction in, the photo "
-        "with the part that serves the task overlaid and the part's mask (PNG) out. The example photos are "
-        "generated; the InstructPart release's photos are not redistributed here.\n\n"
-        f"Run it locally: `pip install gradio=={gradio_version()} -r requirements.txt && python app.py --model "
-        f"{model_repo_id}` (or a checkpoint folder).\n"
-    )
-    _write_space_files(stage, APP_FILE, MODEL_SPACE_NEEDS, card)
+    stage_space(stage, model_repo_id, license=license)
 
 
 def verify_model_space(space_stage: str, model_stage: str, checkpoint: str) -> None:
