@@ -337,8 +337,9 @@ def score_zip(metric_script, truth_cache: TruthCache, zip_file, dataset, config,
             if info is None:
                 prediction = np.zeros_like(truth)
             else:
+                data = read_entry(archive, info)
                 try:
-                    prediction = read_mask_png(read_entry(archive, info), info.filename, shape=truth.shape)
+                    prediction = read_mask_png(data, info.filename, shape=truth.shape)
                 except ValueError as error:
                     raise Refused(str(error)) from None
             metric.add(prediction=prediction, reference=truth, group=key[0])
