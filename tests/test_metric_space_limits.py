@@ -334,3 +334,19 @@ def test_pairs_and_zips_have_separate_queues(hub_folder, metric_script):
     demo = app.build_demo(metric_script, [hub_folder], "")
     by_name = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
     assert by_name["score_pair"].concurrency_id != by_name["score_zip"].concurrency_id
+
+
+def test_the_card_states_the_bounds_the_app_enforces():
+    with open(app.find_card(), encoding="utf-8") as f:
+        card = " ".join(f.read().split())
+    stated = [
+        f"an upload of at most {app.MAX_UPLOAD[:-2]} MB",
+        f"a mask pair of at most {app.MAX_MASK_PIXELS:,} pixels",
+        f"a zip of at most {app.MAX_ZIP_ENTRIES:,} entries",
+        f"compression ratio (at most {app.MAX_COMPRESSION_RATIO}:1)",
+        f"about {app.ZIP_BASE_BYTES // MIB} MiB + {app.ZIP_BYTES_PER_PIXEL} bytes per pixel",
+        f"({app.zip_memory_bound(2000 * 2000) / MIB:.0f} MiB for 2000 x 2000 masks)",
+        f"at most {app.ZIP_TIME_LIMIT_S} s of scoring per zip",
+        f"(at most {app.QUEUE_SIZE} requests each)",
+    ]
+    assert [text for text in stated if text not in card] == []

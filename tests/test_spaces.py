@@ -215,7 +215,7 @@ def test_metric_space_scores_pairs_and_zips_like_direct_counting(metric_space, r
     truth = (yy - 60) ** 2 + (xx - 90) ** 2 < 45**2
     prediction = ((yy - 55) ** 2 + (xx - 110) ** 2 < 42**2) ^ (rng.random((120, 200)) < 0.03)
     Image.fromarray(truth).save(tmp_path / "truth.png")  # mode 1
-    Image.fromarray(prediction.astype(np.uint8) * 255).convert("RGB").save(tmp_path / "prediction.png")  # RGB
+    Image.fromarray(prediction.astype(np.uint8)).save(tmp_path / "prediction.png")  # mode L, values 0 and 1
 
     # A model's predictions: each truth with a few pixels flipped, as <instruction_type>/<id>.png in a zip.
     hub_folder = str(tmp_path / "instructpart")
@@ -236,7 +236,15 @@ def test_metric_space_scores_pairs_and_zips_like_direct_counting(metric_space, r
             partial.writestr(name, full.read(name))
     (tmp_path / "partial.zip").write_bytes(short.getvalue())
 
-    with serve_isolated(os.path.join(metric_space, "app.py")) as app:
+    # The Space as launched on your own machine, offering a local export besides the card's dataset.
+    launcher = os.path.join(metric_space, "launch_local.py")
+    with open(launcher, "w") as f:
+        f.write(
+            "import runpy, sys\n"
+            f"sys.argv = ['app.py', '--dataset', {hub_folder!r}, '--allow-local-datasets']\n"
+            "runpy.run_path('app.py', run_name='__main__')\n"
+        )
+    with serve_isolated(launcher) as app:
         client = client_for(app.url, tmp_path)
         metrics, agreement = client.predict(
             handle_file(str(tmp_path / "prediction.png")),
@@ -267,31 +275,53 @@ def test_metric_space_scores_pairs_and_zips_like_direct_counting(metric_space, r
             handle_file(str(tmp_path / "partial.zip")), hub_folder, "trps", "test", True, api_name="/score_zip"
         )
         assert overall["missing_as_empty"] == 1 and overall["num_samples"] == len(rows)
-        # The Hub is unreachable here (as in any offline run): one clear message naming the dataset.
-        with pytest.raises(Exception, match="Cannot load 'someone/instructpart' \\(trps/test\\)"):
+        # The card's dataset is offered, but the Hub is unreachable here (as in any offline run): one clear
+        # message naming it. A dataset the Space was not launched with is never loaded.
+        with pytest.raises(Exception, match="Cannot load 'org/instructpart' \\(trps/test\\)"):
             client.predict(
                 handle_file(str(tmp_path / "predictions.zip")),
-                "someone/instructpart",
+                "org/instructpart",
                 "trps",
                 "test",
                 False,
                 api_name="/score_zip",
             )
+        with pytest.raises(Exception) as refused:
+            client.predict(
+                handle_file(str(tmp_path / "predictions.zip")), "/root", "trps", "test", False, api_name="/score_zip"
+            )
+        assert "Cannot load" not in str(refused.value) and "/root" in str(refused.value)
+        # Expected refusals arrive as their one-line reason, escaped for gradio's HTML rendering.
+        (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 truncated")
+        with pytest.raises(Exception, match="broken.zip: not a zip archive"):
+            client.predict(
+                handle_file(str(tmp_path / "broken.zip")), hub_folder, "trps", "test", False, api_name="/score_zip"
+            )
         if CHROMIUM is not None:
             with browser_page(app.url) as page:
                 page.screenshot(path=str(tmp_path / "metric-space-opened.png"))
                 uploads = page.locator("input[type=file]")
-                uploads.nth(0).set_input_files(str(tmp_path / "prediction.png"))
+                # The truth first: a file box drops its input once it holds a file, which renumbers those after it.
                 uploads.nth(1).set_input_files(str(tmp_path / "truth.png"))
+                uploads.nth(0).set_input_files(str(tmp_path / "prediction.png"))
                 page.wait_for_function(f"() => ({FILE_IMAGES})() >= 2")  # both previews
+                previews = shown_images(page)
                 page.get_by_role("button", name="Score the pair").click()
                 page.get_by_text("intersection").wait_for()
                 page.wait_for_function(f"() => ({FILE_IMAGES})() >= 3")  # the agreement picture
                 page.wait_for_timeout(SETTLE_MS)
                 page.screenshot(path=str(tmp_path / "metric-space-used.png"))
                 shown = page.locator("body").inner_text()
+                # A zip refusal whose text holds <instruction_type>/<id>.png reads in full, not as HTML.
+                page.get_by_role("tab", name="A model's predictions").click()
+                page.get_by_role("button", name="Score the predictions").click()
+                page.get_by_text("Upload a zip of <instruction_type>/<id>.png prediction masks.").wait_for()
+                page.screenshot(path=str(tmp_path / "metric-space-refusal.png"))
             expected = _naive_scores([(prediction, truth)])
             assert f"{expected['gIoU']}" in shown and f"{int((prediction | truth).sum())}" in shown
+            # The 0/1 prediction previews visibly: its part white, the rest black.
+            visible = [np.asarray(im.convert("L")) for im in previews]
+            assert any(np.array_equal(im, np.where(prediction, 255, 0)) for im in visible)
 
 
 @pytest.mark.slow

@@ -213,7 +213,8 @@ def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_pat
     with open(app, "w") as f:  # an app that scores the inverted prediction serves fine but gives other numbers
         f.write(
             source.replace(
-                "predicted = np.asarray(_as_mask(prediction)) != 0", "predicted = np.asarray(_as_mask(prediction)) == 0"
+                "predicted = read_upload(prediction, shape=true.shape) != 0",
+                "predicted = read_upload(prediction, shape=true.shape) == 0",
             )
         )
     with pytest.raises(upload.UploadError, match="verification failed: the staged app scores"):
@@ -239,13 +240,16 @@ def test_space_requirements_are_the_packages_own_ranges(tmp_path):
     config.read(os.path.join(ROOT, "setup.cfg"))
     written = config["options"]["install_requires"].split("\n") + config["options.extras_require"]["space"].split("\n")
     written = {line.split(">")[0].split("=")[0].split("<")[0].strip(): line.strip() for line in written if line.strip()}
-    text = upload.space_requirements(["evaluate", "pillow", "huggingface_hub"])
+    from instructpart_dataset.toolbox.cli_errors import OperationFailed
+    from instructpart_dataset.toolbox.space_files import space_requirements
+
+    text = space_requirements(["evaluate", "pillow", "huggingface_hub"])
     assert len(text.splitlines()) == 3
     for name, line in zip(["evaluate", "pillow", "huggingface_hub"], text.splitlines()):
         # the same specifiers (packaging may order them differently)
         assert set(line[len(name) :].split(",")) == set(written[name][len(name) :].replace(" ", "").split(","))
-    with pytest.raises(upload.UploadError, match="scipy is not among instructpart's requirements"):
-        upload.space_requirements(["scipy"])
+    with pytest.raises(OperationFailed, match="scipy is not among instructpart's requirements"):
+        space_requirements(["scipy"])
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ import io
 import os
 import re
 import struct
+import sys
 import threading
 import time
 import zipfile
@@ -44,12 +45,13 @@ import numpy as np
 from huggingface_hub import RepoCard
 from PIL import Image
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 if __package__:  # python -m instructpart_metric.space: the package's core
     from ..core import read_mask_png
-else:  # the Space: core.py is staged beside app.py
+else:  # the Space: core.py is staged beside app.py (on sys.path for `python app.py`, not for runpy)
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
     from core import read_mask_png
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 METRICS = ("gIoU", "cIoU", "P@50:95", "P@50")
 CONFIGS = ("trps", "orps")
 SPLITS = ("test", "train")
