@@ -120,6 +120,12 @@ def test_pisa_space_segments_an_upload_like_model_predict(pisa_space, tmp_path):
         assert "generated" in summary
         with pytest.raises(Exception, match="Type an instruction"):
             client.predict(handle_file(requests[1][0]), "  ", "teacher-forced", api_name="/segment")
+        # The processor's own refusals arrive as their one-line reason, not as gradio's generic "error".
+        with pytest.raises(Exception, match="instruction 0 contains a reserved token \\(&lt;image&gt; or \\[SEG\\]\\)"):
+            client.predict(handle_file(image_path), "where is the [SEG] handle", "teacher-forced", api_name="/segment")
+        Image.new("RGB", (990, 30)).save(tmp_path / "strip.png")
+        with pytest.raises(Exception, match="image 0 is 990x30 pixels: PISA takes aspect ratios up to 32:1"):
+            client.predict(handle_file(str(tmp_path / "strip.png")), "lid", "teacher-forced", api_name="/segment")
         if CHROMIUM is not None:
             image_path, instruction = requests[0]
             with browser_page(app.url) as page:
@@ -140,6 +146,50 @@ def test_pisa_space_segments_an_upload_like_model_predict(pisa_space, tmp_path):
             expected = model.predict([Image.open(image_path).convert("RGB")], [instruction])[0]
             assert np.array_equal(np.asarray(mask_image) > 0, expected)  # the mask the user downloads
     assert app.output().count(f"loaded {checkpoint} in") == 1  # the model was loaded once, at startup
+
+
+def test_pisa_space_refuses_in_one_line_and_checks_a_photo_before_decoding_it(tmp_path):
+    import struct
+    import zlib
+
+    from pisa_model.space import app
+
+    class Refusing:
+        def _sanitize_parameters(self, instruction=None):
+            return {}, {}, {}
+
+        def __call__(self, image, **kwargs):
+            raise ValueError("instruction 0 contains a reserved token (<image> or [SEG])\nmore detail")
+
+    Image.new("RGB", (4, 3)).save(tmp_path / "photo.png")
+    with pytest.raises(app.Refused) as refused:
+        app.segment(Refusing(), str(tmp_path / "photo.png"), "lid [SEG]")
+    assert refused.value.message == "instruction 0 contains a reserved token (&lt;image&gt; or [SEG])"
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # An 8000x6000 RGB PNG header (48 million pixels) over a few bytes: refused from its header.
+    header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 6000, 8, 2, 0, 0, 0))
+    (tmp_path / "huge.png").write_bytes(header + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+    with pytest.raises(
+        app.Refused, match=f"huge.png: 8000x6000 pixels; this Space takes photos of up to {app.MAX_PHOTO_PIXELS:,}"
+    ):
+        app.segment(Refusing(), str(tmp_path / "huge.png"), "lid")
+    (tmp_path / "notes.png").write_text("not a photo")
+    with pytest.raises(app.Refused, match="notes.png: not a readable image"):
+        app.segment(Refusing(), str(tmp_path / "notes.png"), "lid")
+
+
+def test_pisa_space_card_states_the_bounds_the_app_enforces(tmp_path):
+    from pisa_model.space import app
+
+    stage = str(tmp_path / "space")
+    upload.stage_model_space(stage, "org/pisa-tiny")
+    with open(os.path.join(stage, "README.md"), encoding="utf-8") as f:
+        card = " ".join(f.read().split())
+    assert f"an upload of at most {app.MAX_UPLOAD}, a photo of at most {app.MAX_PHOTO_PIXELS:,} pixels" in card
+    assert f"at most {app.MAX_NEW_TOKENS} new tokens" in card and f"at most {app.QUEUE_SIZE} wait" in card
 
 
 def test_pisa_space_passes_generate_only_to_pipelines_that_take_it():
