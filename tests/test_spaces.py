@@ -341,6 +341,17 @@ def test_metric_space_scores_pairs_and_zips_like_direct_counting(metric_space, r
                 handle_file(str(tmp_path / "predictions.zip")), "/root", "trps", "test", False, api_name="/score_zip"
             )
         assert "Cannot load" not in str(refused.value) and "/root" in str(refused.value)
+        # The 3 MB zip of three 1 GiB entries, named like rows: refused from their declared sizes.
+        from zip_bombs import write_zip_bomb
+
+        write_zip_bomb(
+            str(tmp_path / "bomb.zip"),
+            [(f"p/{row['instruction_type']}/{row['id']}.png", 1024) for row in rows.select(range(3))],
+        )
+        with pytest.raises(Exception, match="1,073,741,824 bytes uncompressed, more than a PNG mask"):
+            client.predict(
+                handle_file(str(tmp_path / "bomb.zip")), hub_folder, "trps", "test", False, api_name="/score_zip"
+            )
         # Expected refusals arrive as their one-line reason, escaped for gradio's HTML rendering.
         (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 truncated")
         with pytest.raises(Exception, match="broken.zip: not a zip archive"):
