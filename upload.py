@@ -74,6 +74,7 @@ def verify_dataset(stage: str, counts: dict) -> None:
     )
     if found != counts:
         raise UploadError(f"verification failed: {stage} loads as {found}, the export wrote {counts}")
+    print(f"verified load_dataset({os.path.basename(stage)!r}) in a fresh process: {found} rows, as exported")
 
 
 # --- metric ----------------------------------------------------------------------------------------------------
@@ -167,10 +168,12 @@ def _space_client(url: str):
 
 def launch_space(stage: str, query, env: dict | None = None, what: str = "the Space") -> None:
     """Serve the staged app as the Space runs it (`python app.py`, in a fresh process that cannot import this
-    project) on a loopback port and call `query(gradio_client.Client)` against it."""
+    project) on a loopback port and call `query(gradio_client.Client)` against it; `query` checks the answer and
+    returns what it asked and got, printed with where the app ran."""
     try:
         with serve_isolated(os.path.join(stage, "app.py"), env=env) as app:
-            query(_space_client(app.url))
+            checked = query(_space_client(app.url))
+            print(f"verified {what}: launched at {app.url}; {checked}", flush=True)
     except IsolatedRunError as error:
         raise UploadError(f"verification failed: {what}: {error}") from None
     except UploadError:
@@ -210,6 +213,7 @@ def verify_metric(stage: str) -> None:
     )
     if any(abs(found[k] - expected[k]) > 1e-12 for k in expected):
         raise UploadError(f"verification failed: the staged metric gives {found}, the package {expected}")
+    print(f"verified evaluate.load({stage!r}) in a fresh process: 4 mask pairs give {found}, as the package does")
 
     workdir = tempfile.mkdtemp(prefix="verify-metric-space-")
     try:
@@ -229,6 +233,7 @@ def verify_metric(stage: str) -> None:
             )
             if {key: metrics[key] for key in expected_pair} != expected_pair:
                 raise UploadError(f"verification failed: the staged app scores {metrics}, the package {expected_pair}")
+            return f"queried /score_pair with one mask pair: {expected_pair}, as the package scores it"
 
         launch_space(stage, query, what=f"the metric Space {stage}/app.py")
     finally:
@@ -450,6 +455,10 @@ def verify_model_space(space_stage: str, model_stage: str, checkpoint: str) -> N
         )
         if not np.array_equal(np.asarray(Image.open(mask_path).convert("L")) > 0, expected):
             raise UploadError("verification failed: the staged Space's mask differs from the checkpoint's predict")
+        return (
+            f"queried /segment with {example['image']} and {example['instruction']!r}: its {expected.shape[1]}x"
+            f"{expected.shape[0]} mask ({int(expected.sum())} pixels) equals the checkpoint's predict"
+        )
 
     launch_space(space_stage, query, env={"PISA_MODEL": model_stage}, what=f"the demo Space {space_stage}/app.py")
 
@@ -496,6 +505,10 @@ def verify_model(checkpoint: str, stage: str) -> None:
     for kind in ("predict", "pipeline"):
         if found[kind] != expected:
             raise UploadError(f"verification failed: the staged model's {kind} masks differ from the checkpoint's")
+    print(
+        f"verified AutoModel/pipeline from {stage} with trust_remote_code in a fresh process: "
+        f"{len(expected)} generated photos give the checkpoint's predict masks"
+    )
 
 
 # --- push ------------------------------------------------------------------------------------------------------

@@ -173,6 +173,7 @@ def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "would create private dataset repo org/instructpart" in result.stdout
     assert "trps/test-00000-of-00001.parquet" in result.stdout and "nothing pushed" in result.stdout
+    assert "verified load_dataset('instructpart') in a fresh process: {'trps': {" in result.stdout
     assert (tmp_path / "hub-staging" / "dataset" / "instructpart" / "README.md").is_file()
 
 
@@ -201,11 +202,15 @@ def test_bad_release_stops_before_anything_is_pushed(tmp_path):
 
 
 @pytest.mark.slow
-def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_path):
+def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_path, capsys):
     stage = str(tmp_path / "metric" / "instructpart")
     upload.stage_metric(stage, "org/instructpart")
     assert sorted(os.listdir(stage)) == ["README.md", "app.py", "core.py", "instructpart.py", "requirements.txt"]
     upload.verify_metric(stage)  # evaluate.load and the served app agree with StreamingScorer
+    printed = capsys.readouterr().out  # what was launched and queried, and the checked answer
+    assert f"verified evaluate.load({stage!r}) in a fresh process: 4 mask pairs give {{'gIoU': " in printed
+    assert f"verified the metric Space {stage}/app.py: launched at http://127.0.0.1:" in printed
+    assert "queried /score_pair with one mask pair: {'gIoU': " in printed and "as the package scores it" in printed
 
     app = os.path.join(stage, "app.py")
     with open(app) as f:
