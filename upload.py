@@ -349,7 +349,7 @@ def check_publishable_file(path: str) -> str:
 
 
 def _example_image(stage: str):
-    """A generated example photo and its instruction, shown as the card's widget example."""
+    """A generated example photo and its instruction, shown in the card's body."""
     import numpy as np
 
     from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
@@ -368,7 +368,7 @@ def stage_model(
     space_repo_id=None,
     dataset_id=None,
     base_models=None,
-    license="apache-2.0",
+    license=None,
     compare_published=False,
 ) -> None:
     from pisa_model.model_card import write_model_card
@@ -397,12 +397,12 @@ def stage_model(
         dataset_id=dataset_id,
         base_models=base_models,
         license=license,
-        widget_examples=_example_image(stage),
+        examples=_example_image(stage),
         compare_published=compare_published,
     )
 
 
-def stage_model_space(stage: str, model_repo_id: str, license: str = "apache-2.0") -> None:
+def stage_model_space(stage: str, model_repo_id: str, license: str | None = None) -> None:
     """The demo Space of `model_repo_id`: pisa_model/space/app.py, generated example photos, requirements and a
     card whose `models:` links the Space to the model (and tells the app which model to load)."""
     from huggingface_hub import SpaceCard, SpaceCardData
@@ -685,8 +685,8 @@ def main(argv=None) -> int:
     )
     model.add_argument(
         "--license",
-        default="apache-2.0",
-        help="the checkpoint's licence; respect the licences of the parts it was built from",
+        help="the checkpoint's licence (a Hub licence id); default: none chosen, the card says `unknown`. "
+        "Respect the licences of the parts it was built from",
     )
     common(model)
     model.set_defaults(run=cmd_model)
