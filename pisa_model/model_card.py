@@ -2,6 +2,7 @@
 results) and a body saying what the model is, how to use it, how it was trained and evaluated."""
 
 import os
+import re
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -76,10 +77,11 @@ def load_results(paths: list) -> dict:
     """`{path: results dict}` from the files `pisa_model.evaluate` writes (`results.json`, one or both tasks each);
     a task scored in two of them is refused."""
     from instructpart_metric.results import load_results as load_results_file
+    from instructpart_metric.results import validate_results
 
     loaded, seen = {}, {}
     for path in paths:
-        results = load_results_file(path)
+        results = validate_results(load_results_file(path), path)
         for task in results["configs"]:
             if task in seen:
                 raise ValueError(f"{path}: {task.upper()} results again (already in {seen[task]})")
@@ -163,7 +165,7 @@ def _evaluation_section(results_by_file: dict, name: str, compare_published: boo
         )
         provenance = format_provenance(results.get("provenance"))
         if provenance:
-            lines += ["", "Provenance:", ""] + [f"- `{line}`" for line in provenance]
+            lines += ["", "Provenance:", ""] + [f"- `{public_text(line)}`" for line in provenance]
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -208,6 +210,20 @@ def _training_section(checkpoint: str, config) -> str:
     else:
         data = f"the `{_plain(record.get('split'))}` split of `{_plain(record.get('data'))}`: {rows} {configs} rows"
     return f"Trained with `accelerate launch -m pisa_model.train` on {data} ({losses})"
+
+
+_LOCAL_PATH = re.compile(r"(?<![\w:/.])(?:~|\.{1,2})?/[^\s,;'\"`=]*|\b[A-Za-z]:\\[^\s,;'\"`=]*")
+
+
+def public_text(text) -> str:
+    """Recorded text as a public card shows it: one line inside Markdown inline code (no backticks, no line breaks),
+    local paths cut to their last component (`/home/me/data/InstructPart` -> `…/InstructPart`)."""
+
+    def last_part(found):
+        parts = [p for p in re.split(r"[\\/]", found.group(0)) if p]
+        return "…/" + parts[-1] if parts else "…/"
+
+    return _LOCAL_PATH.sub(last_part, _plain(text))
 
 
 def _plain(value) -> str:
