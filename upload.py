@@ -70,6 +70,7 @@ def verify_dataset(stage: str, counts: dict) -> None:
     )
     if found != counts:
         raise UploadError(f"verification failed: {stage} loads as {found}, the export wrote {counts}")
+    print(f"verified load_dataset({os.path.basename(stage)!r}) in a fresh process: {found} rows, as exported")
 
 
 # --- metric ----------------------------------------------------------------------------------------------------
@@ -91,10 +92,12 @@ def _space_client(url: str):
 
 def launch_space(stage: str, query, env: dict | None = None, what: str = "the Space") -> None:
     """Serve the staged app as the Space runs it (`python app.py`, in a fresh process that cannot import this
-    project) on a loopback port and call `query(gradio_client.Client)` against it."""
+    project) on a loopback port and call `query(gradio_client.Client)` against it; `query` checks the answer and
+    returns what it asked and got, printed with where the app ran."""
     try:
         with serve_isolated(os.path.join(stage, "app.py"), env=env) as app:
-            query(_space_client(app.url))
+            checked = query(_space_client(app.url))
+            print(f"verified {what}: launched at {app.url}; {checked}", flush=True)
     except IsolatedRunError as error:
         raise UploadError(f"verification failed: {what}: {error}") from None
     except UploadError:
@@ -134,6 +137,7 @@ def verify_metric(stage: str) -> None:
     )
     if any(abs(found[k] - expected[k]) > 1e-12 for k in expected):
         raise UploadError(f"verification failed: the staged metric gives {found}, the package {expected}")
+    print(f"verified evaluate.load({stage!r}) in a fresh process: 4 mask pairs give {found}, as the package does")
 
     workdir = tempfile.mkdtemp(prefix="verify-metric-space-")
     try:
@@ -153,6 +157,7 @@ def verify_metric(stage: str) -> None:
             )
             if {key: metrics[key] for key in expected_pair} != expected_pair:
                 raise UploadError(f"verification failed: the staged app scores {metrics}, the package {expected_pair}")
+            return f"queried /score_pair with one mask pair: {expected_pair}, as the package scores it"
 
         launch_space(stage, query, what=f"the metric Space {stage}/app.py")
     finally:
@@ -268,7 +273,7 @@ def check_publishable_file(path: str) -> str:
 
 
 def _example_image(stage: str):
-    """A generated example photo and its instruction, shown as the card's widget example."""
+    """A generated example photo and its instruction, shown in the card's body."""
     import numpy as np
 
     from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
@@ -287,7 +292,7 @@ def stage_model(
     space_repo_id=None,
     dataset_id=None,
     base_models=None,
-    license="apache-2.0",
+    license=None,
     compare_published=False,
 ) -> None:
     from pisa_model.model_card import write_model_card
@@ -316,12 +321,12 @@ def stage_model(
         dataset_id=dataset_id,
         base_models=base_models,
         license=license,
-        widget_examples=_example_image(stage),
+        examples=_example_image(stage),
         compare_published=compare_published,
     )
 
 
-def stage_model_space(stage: str, model_repo_id: str, license: str = "apache-2.0") -> None:
+def stage_model_space(stage: str, model_repo_id: str, license: str | None = None) -> None:
     """The demo Space of `model_repo_id`, staged by its package (`pisa_model.space.stage_space`) in a fresh
     folder."""
     from pisa_model.space import stage_space
@@ -353,6 +358,10 @@ def verify_model_space(space_stage: str, model_stage: str, checkpoint: str) -> N
         )
         if not np.array_equal(np.asarray(Image.open(mask_path).convert("L")) > 0, expected):
             raise UploadError("verification failed: the staged Space's mask differs from the checkpoint's predict")
+        return (
+            f"queried /segment with {example['image']} and {example['instruction']!r}: its {expected.shape[1]}x"
+            f"{expected.shape[0]} mask ({int(expected.sum())} pixels) equals the checkpoint's predict"
+        )
 
     launch_space(space_stage, query, env={"PISA_MODEL": model_stage}, what=f"the demo Space {space_stage}/app.py")
 
@@ -399,6 +408,10 @@ def verify_model(checkpoint: str, stage: str) -> None:
     for kind in ("predict", "pipeline"):
         if found[kind] != expected:
             raise UploadError(f"verification failed: the staged model's {kind} masks differ from the checkpoint's")
+    print(
+        f"verified AutoModel/pipeline from {stage} with trust_remote_code in a fresh process: "
+        f"{len(expected)} generated photos give the checkpoint's predict masks"
+    )
 
 
 # --- push ------------------------------------------------------------------------------------------------------
@@ -575,8 +588,8 @@ def main(argv=None) -> int:
     )
     model.add_argument(
         "--license",
-        default="apache-2.0",
-        help="the checkpoint's licence; respect the licences of the parts it was built from",
+        help="the checkpoint's licence (a Hub licence id); default: none chosen, the card says `unknown`. "
+        "Respect the licences of the parts it was built from",
     )
     common(model)
     model.set_defaults(run=cmd_model)

@@ -37,7 +37,7 @@ def write_examples(folder: str, seed: int = 0) -> list:
 SPACE_NEEDS = ("transformers", "torch", "safetensors", "huggingface_hub", "numpy", "pillow")
 
 
-def stage_space(stage: str, model_repo_id: str, license: str = "apache-2.0") -> None:
+def stage_space(stage: str, model_repo_id: str, license: str | None = None) -> None:
     """The demo Space of `model_repo_id` in the empty folder `stage`: app.py, generated example photos,
     requirements and a card whose `models:` links the Space to the model (and tells the app which model to load)
     and which states the bounds of one request."""
