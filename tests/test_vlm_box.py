@@ -408,7 +408,7 @@ def test_reason_then_ground_through_the_api_and_score_agree(release_dir, tmp_pat
     with open(score_json) as f:
         scored = json.load(f)
     for key in ("configs", "paper", "published_ranks"):
-        assert scored[key] == results[key], key
+        assert scored.get(key) == results.get(key), key  # ranks only on the official split: absent in both here
 
 
 # --- a local VLM: a tiny random Qwen2.5-VL end to end ---------------------------------------------------------
