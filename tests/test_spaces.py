@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import urllib.request
 import zipfile
 
@@ -15,11 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import upload
+from instructpart_dataset.toolbox.fresh_process import run_isolated, serve_isolated
 
-import upload  # noqa: E402
-from instructpart_dataset.toolbox.fresh_process import run_isolated, serve_isolated  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The number of images Gradio shows from its file route (uploads, examples and results), loaded and laid out.
 FILE_IMAGES = (
