@@ -238,6 +238,9 @@ def verify_metric(stage: str) -> None:
 # --- which checkpoint files may be published: decided by content, never by name ----------------------------------
 
 SENTENCEPIECE_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+HEAD_BYTES = 1 << 16  # what is read of a file (or a zip member, or a compressed stream) to recognise it
+TEXT_LIMIT = 256 << 20  # larger files are never read whole: they publish only as safetensors or a tokenizer model
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")  # after the PROTO opcode, 0x80
 
 
 def check_publishable_file(path: str) -> str:
@@ -248,96 +251,142 @@ def check_publishable_file(path: str) -> str:
     Decided by the bytes, whatever the file's name: a pickle (it runs code when loaded) is refused as a
     protocol 2+ stream, as protocol 0/1 opcodes that parse to a final STOP (those are ASCII and would pass
     as text), inside a zip (torch.save's format) or under gzip/bz2/xz/zlib compression (joblib)."""
-    import bz2
-    import lzma
-    import pickletools
-    import struct
-    import zipfile
-    import zlib
-
-    def pickle_stream(data: bytes, whole: bool) -> bool:
-        if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-            return True
-        if not whole:
-            return False
-        try:
-            opcodes = [(opcode.name, position) for opcode, _, position in pickletools.genops(data)]
-        except Exception:  # genops raises ValueError, struct.error, UnicodeDecodeError, ... on non-pickles
-            return False
-        return len(opcodes) >= 2 and opcodes[-1] == ("STOP", len(data.rstrip(b"\r\n")) - 1)
-
-    def decompressed_head(data: bytes):
-        """The first bytes of a gzip/zlib/bz2/xz stream's content, or None."""
-        if data.startswith(b"\x1f\x8b"):
-            stream = zlib.decompressobj(31)
-        elif data[:1] == b"\x78" and len(data) > 1 and (data[0] * 256 + data[1]) % 31 == 0:
-            stream = zlib.decompressobj()
-        elif data.startswith(b"BZh"):
-            stream = bz2.BZ2Decompressor()
-        elif data.startswith(b"\xfd7zXZ"):
-            stream = lzma.LZMADecompressor()
-        else:
-            return None
-        try:
-            return stream.decompress(data[: 1 << 16])[:16]
-        except Exception:
-            return None
-
-    name = os.path.basename(path)
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    refuse_pickle = f"{path}: its bytes are a pickle (which runs code when loaded): publish safetensors only"
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                for member in archive.infolist():
-                    with archive.open(member) as stream:
-                        inner = stream.read(1 << 16)
-                    whole = member.file_size <= len(inner)
-                    if member.filename.lower().endswith((".pkl", ".pickle")) or pickle_stream(inner, whole):
-                        raise ValueError(
-                            f"{path}: a zip holding a pickle ({member.filename}; torch.save's format): "
-                            "publish safetensors only"
-                        )
-        except (zipfile.BadZipFile, OSError, RuntimeError):
-            pass  # unreadable as a zip: refused below all the same
-        raise ValueError(f"{path}: a zip archive; only safetensors, JSON, text and tokenizer files are published")
-    if pickle_stream(head, whole=False) or pickle_stream(decompressed_head(head) or b"", whole=False):
-        raise ValueError(refuse_pickle)
-    if len(head) >= 8:
-        (header_size,) = struct.unpack("<Q", head[:8])
-        if 2 <= header_size <= size - 8 and head[8:9] == b"{":
-            with open(path, "rb") as f:
-                f.seek(8)
-                header = f.read(header_size)
-            try:
-                if isinstance(json.loads(header), dict):
-                    return "safetensors"
-            except ValueError:
-                pass
+        head = f.read(HEAD_BYTES)
+    _refuse_archive_or_pickle(path, head)
+    if _is_safetensors(path, head):
+        return "safetensors"
+    name = os.path.basename(path)
     if name.lower().endswith(".safetensors"):
         raise ValueError(f"{path}: not a safetensors file (its header does not parse)")
     if name in SENTENCEPIECE_NAMES and head[:1] == b"\x0a":  # a serialized sentencepiece ModelProto
         return "sentencepiece"
-    if size <= 256 << 20 and b"\x00" not in head:
-        with open(path, "rb") as f:
-            data = f.read()
-        if pickle_stream(data, whole=True):
-            raise ValueError(refuse_pickle)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is not None and "\x00" not in text:
-            if not name.lower().endswith(".json"):
-                return "text"
-            try:
-                json.loads(text)
-            except ValueError as error:
-                raise ValueError(f"{path}: not valid JSON ({error})") from None
-            return "json"
-    raise ValueError(f"{path}: neither safetensors, JSON, UTF-8 text nor a tokenizer model; only those are published")
+    kind = _text_kind(path, head)
+    if kind is None:
+        raise ValueError(
+            f"{path}: neither safetensors, JSON, UTF-8 text nor a tokenizer model; only those are published"
+        )
+    return kind
+
+
+def _refusal_of_pickle(path: str) -> ValueError:
+    return ValueError(f"{path}: its bytes are a pickle (which runs code when loaded): publish safetensors only")
+
+
+def _is_pickle_stream(data: bytes, whole: bool) -> bool:
+    """A protocol 2+ pickle by its first bytes; with `whole` (all of the file), also protocol 0/1 opcodes that
+    parse to a final STOP."""
+    if data[:1] == b"\x80" and data[1:2] in PICKLE_PROTOCOLS:
+        return True
+    if not whole:
+        return False
+    import pickletools
+
+    try:
+        opcodes = [(opcode.name, position) for opcode, _, position in pickletools.genops(data)]
+    except Exception:  # genops raises ValueError, struct.error, UnicodeDecodeError, ... on non-pickles
+        return False
+    return len(opcodes) >= 2 and opcodes[-1] == ("STOP", len(data.rstrip(b"\r\n")) - 1)
+
+
+def _decompressor(data: bytes):
+    """A decompressor for the gzip/zlib/bz2/xz stream `data` starts, or None."""
+    import bz2
+    import lzma
+    import zlib
+
+    if data.startswith(b"\x1f\x8b"):
+        return zlib.decompressobj(31)
+    if data[:1] == b"\x78" and len(data) > 1 and (data[0] * 256 + data[1]) % 31 == 0:
+        return zlib.decompressobj()
+    if data.startswith(b"BZh"):
+        return bz2.BZ2Decompressor()
+    if data.startswith(b"\xfd7zXZ"):
+        return lzma.LZMADecompressor()
+    return None
+
+
+def _decompressed_head(data: bytes) -> bytes:
+    """The first bytes of a gzip/zlib/bz2/xz stream's content; empty when `data` is no such stream."""
+    stream = _decompressor(data)
+    if stream is None:
+        return b""
+    try:
+        return stream.decompress(data[:HEAD_BYTES])[:16]
+    except Exception:
+        return b""
+
+
+def _refuse_zip(path: str) -> None:
+    """A zip is never published; one holding a pickle (torch.save's format) is refused naming that member."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                with archive.open(member) as stream:
+                    inner = stream.read(HEAD_BYTES)
+                whole = member.file_size <= len(inner)
+                if member.filename.lower().endswith((".pkl", ".pickle")) or _is_pickle_stream(inner, whole):
+                    raise ValueError(
+                        f"{path}: a zip holding a pickle ({member.filename}; torch.save's format): "
+                        "publish safetensors only"
+                    )
+    except (zipfile.BadZipFile, OSError, RuntimeError):
+        pass  # unreadable as a zip: refused below all the same
+    raise ValueError(f"{path}: a zip archive; only safetensors, JSON, text and tokenizer files are published")
+
+
+def _refuse_archive_or_pickle(path: str, head: bytes) -> None:
+    """Refuse a zip, and a pickle whether plain or compressed (as far as its first bytes tell)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        _refuse_zip(path)
+    if _is_pickle_stream(head, whole=False) or _is_pickle_stream(_decompressed_head(head), whole=False):
+        raise _refusal_of_pickle(path)
+
+
+def _is_safetensors(path: str, head: bytes) -> bool:
+    """An 8-byte little-endian header length that fits the file, followed by a JSON object."""
+    import struct
+
+    if len(head) < 8:
+        return False
+    (header_size,) = struct.unpack("<Q", head[:8])
+    if not (2 <= header_size <= os.path.getsize(path) - 8 and head[8:9] == b"{"):
+        return False
+    with open(path, "rb") as f:
+        f.seek(8)
+        header = f.read(header_size)
+    try:
+        return isinstance(json.loads(header), dict)
+    except ValueError:
+        return False
+
+
+def _text_kind(path: str, head: bytes):
+    """ "json" or "text" for a UTF-8 file without NUL bytes (a .json one must parse), None for anything else;
+    a whole-file pickle (protocol 0/1 is ASCII) is refused."""
+    if os.path.getsize(path) > TEXT_LIMIT or b"\x00" in head:
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    if _is_pickle_stream(data, whole=True):
+        raise _refusal_of_pickle(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in text:
+        return None
+    if not path.lower().endswith(".json"):
+        return "text"
+    try:
+        json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    return "json"
 
 
 # --- model -----------------------------------------------------------------------------------------------------
