@@ -1,0 +1,182 @@
+"""Training checkpoints under faults: the checkpoint policy survives a resume, a full disk fails in one line and
+leaves a folder that runs again, a checkpoint saved again is never lost, and a refusal is one line however the
+run was launched."""
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pisa_model.train import main as train_main
+from pisa_model.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREFIX = "python -m pisa_model.train: error: "
+FAST = [
+    "--init-from",
+    "tiny",
+    "--config",
+    "trps",
+    "--batch-size",
+    "1",
+    "--grad-accum",
+    "1",
+    "--warmup-steps",
+    "1",
+    "--log-steps",
+    "1",
+    "--no-progress",
+]
+
+
+def _args(release_dir, out, *extra):
+    return ["--data-dir", release_dir, "--output-dir", str(out), *FAST, *extra]
+
+
+def _checkpoints(out):
+    """Every entry of OUT/checkpoints, as the file system holds it."""
+    return sorted(os.listdir(os.path.join(out, "checkpoints")))
+
+
+def _steps(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith(PREFIX)]
+
+
+def _folder_bytes(folder):
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
+
+
+def test_a_resume_keeps_the_runs_checkpoint_policy_and_says_when_it_changes(release_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    # A constant schedule lets a resume extend --max-steps.
+    train(
+        _args(
+            release_dir,
+            out,
+            "--max-steps",
+            "2",
+            "--save-steps",
+            "1",
+            "--save-total-limit",
+            "2",
+            "--lr-scheduler",
+            "constant",
+        )
+    )
+    assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2"]
+    resume = [*["--data-dir", release_dir, "--output-dir", str(out)], "--resume-from", "latest", *FAST[-3:]]
+    capsys.readouterr()
+    train([*resume, "--max-steps", "5"])
+    # Saved every step from 3 to 5, the newest two kept: the run's own policy, not the command line's defaults.
+    assert _checkpoints(out) == ["checkpoint-4", "checkpoint-5"]
+    assert "replaces" not in capsys.readouterr().err
+    train([*resume, "--max-steps", "8", "--save-steps", "3"])
+    err = capsys.readouterr().err
+    assert f"--save-steps 3 replaces the 1 that {out / 'checkpoints' / 'checkpoint-5'} was saved with" in err
+    assert _checkpoints(out) == ["checkpoint-5", "checkpoint-6"]  # step 6 only (every 3), still two kept
+    with open(out / "checkpoints" / "checkpoint-6" / "trainer_state.json") as f:
+        settings = json.load(f)["settings"]
+    assert (settings["save_steps"], settings["save_total_limit"]) == (3, 2)
+    assert _steps(out) == list(range(1, 9))
+
+
+def _full_disk_during_save(monkeypatch):
+    """Accelerate's writer fails with ENOSPC after it has written part of the checkpoint."""
+    from accelerate import Accelerator
+
+    real = Accelerator.save_state
+
+    def save_state(self, output_dir=None, **kwargs):
+        real(self, output_dir, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(output_dir, "optimizer.bin"))
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_the_folder_can_start_again(
+    release_dir, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "full"
+    with monkeypatch.context() as patch:
+        _full_disk_during_save(patch)
+        assert train_main(_args(release_dir, out, "--max-steps", "2", "--save-steps", "1")) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if "\r" not in line and "error" in line]
+    assert len(lines) == 1 and lines[0].startswith(PREFIX), lines
+    assert f"{out / 'checkpoints'}: disk full while saving checkpoint-1: a checkpoint needs about" in lines[0]
+    needed = int(re.search(r"needs about ([\d,]+) bytes", lines[0]).group(1).replace(",", ""))
+    assert _checkpoints(out) == []  # nothing half-written is left
+
+    # The bytes named are within 10% of what a checkpoint of this run takes on disk (the estimate counts the
+    # model's and the optimizer's tensors, not the serialisation overhead, RNG states and schedule).
+    reference = train(_args(release_dir, tmp_path / "reference", "--max-steps", "1", "--save-steps", "1"))
+    on_disk = _folder_bytes(os.path.join(reference, "checkpoints", "checkpoint-1"))
+    assert 0.9 * on_disk <= needed <= on_disk, (needed, on_disk)
+
+    # No complete checkpoint: a fresh run starts there without --overwrite-output-dir.
+    train(_args(release_dir, out, "--max-steps", "2", "--save-steps", "1"))
+    assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2"] and _steps(out) == [1, 2]
+
+
+def test_a_folder_without_a_complete_checkpoint_resumes_from_step_0_and_loses_its_partial(
+    release_dir, tmp_path, capsys
+):
+    # What a run killed during its first save leaves: a partial checkpoint and the metrics logged so far.
+    out = tmp_path / "killed"
+    partial = out / "checkpoints" / "checkpoint-3.partial"
+    partial.mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(b"\0" * 100)
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)))
+    train(_args(release_dir, out, "--max-steps", "2", "--save-steps", "2", "--resume-from", "latest"))
+    assert "--resume-from latest starts at step 0" in capsys.readouterr().err
+    assert _checkpoints(out) == ["checkpoint-2"] and _steps(out) == [1, 2]
+
+
+class Killed(BaseException):
+    """A kill at an exact point of the save (BaseException: nothing catches it on the way out)."""
+
+
+@pytest.mark.parametrize("moment", ["old moved aside", "new in place"])
+def test_a_checkpoint_saved_again_is_never_lost_to_a_kill(release_dir, tmp_path, monkeypatch, moment):
+    import shutil
+
+    out = tmp_path / "run"
+    common = ["--max-steps", "2", "--save-steps", "1", "--lr-scheduler", "constant"]
+    train(_args(release_dir, out, *common))
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    with open(checkpoint / "model.safetensors", "rb") as f:
+        saved = f.read()
+
+    # Resuming from checkpoint-1 in the same folder saves checkpoint-2 again; the run is killed mid-replacement.
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+
+    def replace(source, target):
+        if moment == "old moved aside" and str(source).endswith(".partial"):
+            raise Killed
+        real_replace(source, target)
+
+    def rmtree(path, *args, **kwargs):
+        if moment == "new in place" and str(path).endswith(".old") and os.path.exists(path):
+            raise Killed
+        real_rmtree(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", replace)
+        patch.setattr(shutil, "rmtree", rmtree)
+        with pytest.raises(Killed):
+            train(_args(release_dir, out, *common, "--resume-from", str(out / "checkpoints" / "checkpoint-1")))
+
+    # The next start finds checkpoint-2 complete (the resumed run is exact, so old and new hold the same bytes).
+    train(["--data-dir", release_dir, "--output-dir", str(out), "--resume-from", "latest", "--no-progress"])
+    assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2"]
+    assert os.path.isfile(checkpoint / "trainer_state.json")
+    with open(checkpoint / "model.safetensors", "rb") as f:
+        assert f.read() == saved
