@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from instructpart_dataset.files import write_atomic
 from instructpart_dataset.schema import SCORE_LABELS, sample_key
+from instructpart_dataset.toolbox.files import write_atomic
 
 from .core import MASK_IMAGE_MODES, StreamingScorer, array_counts
 
