@@ -180,3 +180,50 @@ def test_a_checkpoint_saved_again_is_never_lost_to_a_kill(release_dir, tmp_path,
     assert os.path.isfile(checkpoint / "trainer_state.json")
     with open(checkpoint / "model.safetensors", "rb") as f:
         assert f.read() == saved
+
+
+LAUNCHES = {
+    "python -m": [sys.executable, "-m", "pisa_model.train"],
+    # --quiet: the launcher adds no traceback of its own, so what stays on stderr is the workers' (it still exits
+    # 1 for any failed worker: accelerate launch does not pass a worker's status on).
+    "accelerate launch, 1 process": [
+        *[sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--cpu", "--num_processes", "1"],
+        *["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pisa_model.train"],
+    ],
+    "accelerate launch, 2 processes": [
+        *[sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--multi_gpu", "--num_processes", "2"],
+        *["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pisa_model.train"],
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_a_refusal_is_one_line_and_exit_2_from_every_process_however_launched(release_dir, tmp_path, launch):
+    import shutil
+
+    # A release without its train split: refused where the rows are loaded, inside the process group.
+    data = tmp_path / "test-only"
+    shutil.copytree(os.path.join(release_dir, "test"), data / "test")
+    env = dict(
+        os.environ,
+        ACCELERATE_USE_CPU="1",
+        TQDM_DISABLE="1",
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+    )
+    run = subprocess.run(
+        [*LAUNCHES[launch], *_args(str(data), tmp_path / "out", "--max-steps", "1")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode != 0
+    lines = _error_lines(run.stderr)
+    assert lines == [f"{PREFIX}{data}: the release has no 'train' split (present: test)"], run.stderr
+    assert "Traceback" not in run.stderr, run.stderr  # no worker died of the refusal elsewhere (e.g. at a barrier)
+    if launch == "python -m":
+        assert run.returncode == 2 and run.stderr.strip() == lines[0]
+    elif launch == "accelerate launch, 2 processes":  # the launcher's summary lists every worker's exit status
+        statuses = [int(s) for s in re.findall(r"exitcode\s*:\s*(-?\d+)", run.stderr)]
+        assert statuses and set(statuses) <= {2, -15}, run.stderr  # 2, or stopped by the launcher after the other's 2
