@@ -292,6 +292,34 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
     def get_output_embeddings(self):
         return self.llava.get_output_embeddings()
 
+    def activation_checkpointing_enable(self, *args, **kwargs):
+        """transformers' activation checkpointing, except in the frozen towers (DINOv2, and LLaVA's vision tower
+        and projector unless trained): nothing of theirs is recomputed for backward, so checkpointing them would
+        only keep their layers' inputs for nothing."""
+        super().activation_checkpointing_enable(*args, **kwargs)
+        for tower in self._frozen_towers():
+            for module in tower.modules():
+                if getattr(module, "gradient_checkpointing", False):
+                    module.gradient_checkpointing = False
+
+    def _frozen_towers(self) -> list:
+        towers = [self.dinov2]
+        if self.config.freeze_vision_tower:
+            towers += [self.llava.model.vision_tower, self.llava.model.multi_modal_projector]
+        return towers
+
+    def enable_input_require_grads(self):
+        """Make the token embeddings' output require grad (activation checkpointing calls this, so that gradients
+        reach LoRA adapters through checkpointed layers), and nothing else: transformers' version hooks every input
+        embedding it finds, CLIP's patch embedding included, which would run the frozen vision tower and projector
+        through backward, where LISA keeps them under no_grad."""
+
+        def require_grads(module, inputs, output):
+            output.requires_grad_(True)
+
+        self._require_grads_hooks = [self.get_input_embeddings().register_forward_hook(require_grads)]
+        self._require_grads_hook = self._require_grads_hooks[0]
+
     # --- forward --------------------------------------------------------------------------------------------
 
     def get_image_wide_positional_embeddings(self, grid: int) -> torch.Tensor:

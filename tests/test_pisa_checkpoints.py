@@ -227,3 +227,58 @@ def test_a_refusal_is_one_line_and_exit_2_from_every_process_however_launched(re
     elif launch == "accelerate launch, 2 processes":  # the launcher's summary lists every worker's exit status
         statuses = [int(s) for s in re.findall(r"exitcode\s*:\s*(-?\d+)", run.stderr)]
         assert statuses and set(statuses) <= {2, -15}, run.stderr  # 2, or stopped by the launcher after the other's 2
+
+
+# --- fidelity of training to LISA (issue 18 item 7) ------------------------------------------------------------
+
+
+def _tiny_batch(processor, count=2):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 255, (40 + 8 * k, 48, 3), dtype=np.uint8)) for k in range(count)]
+    masks = [np.zeros((image.height, image.width), dtype=bool) for image in images]
+    return processor(images=images, text=["the handle to pick it up"] * count, masks=masks)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_gradient_checkpointing_keeps_the_frozen_vision_tower_out_of_backward(lora_rank):
+    import torch
+
+    from pisa_model.tiny import tiny_pisa
+
+    model, processor = tiny_pisa(seed=0, lora_rank=lora_rank)
+    model.train()
+    model.activation_checkpointing_enable()
+    frozen = {"vision tower": model.llava.model.vision_tower, "projector": model.llava.model.multi_modal_projector}
+    outputs_need_grad, saved, inside = {}, {}, []
+
+    def enter(name):
+        return lambda module, args: inside.append(name)
+
+    def leave(name):
+        def hook(module, args, output):
+            inside.pop()
+            tensor = output if isinstance(output, torch.Tensor) else output[0]
+            outputs_need_grad[name] = tensor.requires_grad
+
+        return hook
+
+    for name, module in frozen.items():
+        module.register_forward_pre_hook(enter(name))
+        module.register_forward_hook(leave(name))
+
+    def pack(tensor):  # every tensor autograd keeps for backward while a frozen tower runs, each storage once
+        if inside:
+            saved.setdefault(inside[-1], set()).add(tensor.untyped_storage().data_ptr())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**model.prepare_inputs(_tiny_batch(processor))).loss
+    loss.backward()
+    assert outputs_need_grad == {"vision tower": False, "projector": False}
+    assert saved == {}
+    assert all(p.grad is None for module in frozen.values() for p in module.parameters())
+    # Gradients still reach what is trained (the token embeddings, LoRA adapters, the mask decoder).
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
