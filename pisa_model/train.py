@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lora-rank",
         type=int,
         default=None,
-        help="LoRA rank on the language model (new models only); default: LISA's 8 with --from-components, 0 "
-        "with --init-from tiny; 0 = full fine-tuning of the language model",
+        help="LoRA rank on the language model; default: LISA's 8 with --from-components, 0 with --init-from tiny, "
+        "a checkpoint's own adapters with --init-from CHECKPOINT (one without adapters needs R for new ones or 0); "
+        "0 = full fine-tuning of the language model",
     )
     parser.add_argument("--lora-alpha", type=int, default=16)
     parser.add_argument("--lora-dropout", type=float, default=0.05)
@@ -324,8 +325,8 @@ COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 def _apply_lisa_defaults(args):
     """LISA's recipe for pretrained parts (LoRA r=8 on q_proj/v_proj): full fine-tuning of the 6.7 B language model
     does not fit an 80 GB GPU, so it is only done when asked (`--lora-rank 0`)."""
-    if args.lora_rank is None:
-        args.lora_rank = 8 if args.from_components else 0
+    if args.lora_rank is None and (args.from_components or args.tiny or args.init_from == "tiny"):
+        args.lora_rank = 8 if args.from_components else 0  # a checkpoint's own is left to `_checkpoint_lora`
     if args.mask_input_size is None:
         from .configuration_pisa import DEFAULT_MASK_INPUT_SIZE
 
@@ -376,9 +377,37 @@ def _build_model(args):
         if not os.path.exists(init_from) and os.path.sep in init_from.rstrip(os.path.sep):
             raise FileNotFoundError(f"--init-from {init_from}: no such checkpoint folder")
         model = PisaForPartSegmentation.from_pretrained(init_from)
+        _checkpoint_lora(model, args, init_from)
         model, processor, origin = model, model.get_processor(), f"checkpoint {init_from}"
     model.apply_dtype_policy(compute_dtype)
     return model, processor, origin
+
+
+def _checkpoint_lora(model, args, checkpoint: str) -> None:
+    """The LoRA setting of a run started from a saved checkpoint. One with adapters trains them (a --lora-rank that
+    differs is refused). One without (a LoRA checkpoint saved merged, or a fully fine-tuned one) would have its
+    whole language model trained: that is done only with --lora-rank 0; --lora-rank R puts new adapters on it, as
+    LISA trains LoRA on merged weights; with neither, the run is refused."""
+    own = model.config.lora_rank
+    if own > 0:
+        if args.lora_rank not in (None, own):
+            raise ValueError(
+                f"--lora-rank {args.lora_rank}: {checkpoint} holds LoRA adapters of rank {own}, which the run trains "
+                "(leave --lora-rank out)"
+            )
+        args.lora_rank = own
+        return
+    if args.lora_rank is None:
+        language_model = sum(p.numel() for p in model.llava.model.language_model.parameters())
+        raise ValueError(
+            f"--init-from {checkpoint}: its language model has no LoRA adapters (a checkpoint saved merged?), so "
+            f"training would fine-tune all {language_model:,} of its parameters: pass --lora-rank R for new "
+            "adapters (LISA: 8) or --lora-rank 0 for full fine-tuning"
+        )
+    if args.lora_rank > 0:
+        model.config.update(_lora_options(args))
+        model._inject_lora()
+        model._set_trainable()
 
 
 def _complete_checkpoints(output_dir) -> dict:
@@ -531,7 +560,7 @@ def _check_args(args):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("save_steps", "warmup_steps", "log_steps", "num_workers", "lora_rank", "save_total_limit"):
-        if getattr(args, name) < 0:
+        if (getattr(args, name) or 0) < 0:  # lora_rank is None until a checkpoint's own is read
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     # A path that looks local must exist; anything else may be a Hub dataset id.
     if not os.path.exists(args.data_dir) and args.data_dir.startswith((".", os.path.sep, "~")):

@@ -282,3 +282,39 @@ def test_gradient_checkpointing_keeps_the_frozen_vision_tower_out_of_backward(lo
     assert all(p.grad is None for module in frozen.values() for p in module.parameters())
     # Gradients still reach what is trained (the token embeddings, LoRA adapters, the mask decoder).
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_merged_lora_checkpoint_keeps_lora_or_is_refused_not_fully_fine_tuned(release_dir, tmp_path, capsys):
+    from pisa_model.assembly import save_merged
+    from pisa_model.tiny import tiny_pisa
+
+    lora, processor = tiny_pisa(seed=0, lora_rank=2)
+    lora.processor = processor
+    merged = str(tmp_path / "merged")
+    save_merged(lora, merged)
+    capsys.readouterr()  # its progress bar
+    expected_trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    full, _ = tiny_pisa(seed=0)
+    full_trainable = sum(p.numel() for p in full.parameters() if p.requires_grad)
+    assert expected_trainable < full_trainable
+    start = ["--data-dir", release_dir, *FAST[2:], "--max-steps", "1", "--init-from", merged]
+
+    # Without a LoRA setting: refused in one line, before any work.
+    assert train_main([*start, "--output-dir", str(tmp_path / "refused")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "\r" not in line and line.strip()]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith(PREFIX)
+        and f"--init-from {merged}: its language model has no LoRA adapters" in lines[0]
+    ), lines
+    assert not os.path.exists(tmp_path / "refused" / "model.safetensors")
+
+    # With --lora-rank 2: new adapters on the merged weights, as many trainable parameters as the LoRA model had.
+    out = train([*start, "--output-dir", str(tmp_path / "lora"), "--lora-rank", "2"])
+    assert f"{expected_trainable:,} trainable parameters" in capsys.readouterr().err
+    from pisa_model import PisaForPartSegmentation
+
+    assert PisaForPartSegmentation.from_pretrained(out).config.lora_rank == 2
+    # --lora-rank 0 says full fine-tuning explicitly.
+    train([*start, "--output-dir", str(tmp_path / "full"), "--lora-rank", "0"])
+    assert f"{full_trainable:,} trainable parameters" in capsys.readouterr().err
