@@ -318,3 +318,40 @@ def test_a_merged_lora_checkpoint_keeps_lora_or_is_refused_not_fully_fine_tuned(
     # --lora-rank 0 says full fine-tuning explicitly.
     train([*start, "--output-dir", str(tmp_path / "full"), "--lora-rank", "0"])
     assert f"{full_trainable:,} trainable parameters" in capsys.readouterr().err
+
+
+def test_the_pisa_adapter_records_seg_by_the_token_id_that_decides_the_mask(monkeypatch):
+    # A tokenizer may spell "[SEG]" in pieces (a generated answer then reads "[SEG]" but holds no [SEG] token and
+    # gets the empty mask), or the token may decode to other text: the record must follow the id, as the mask does.
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pisa_model.adapters.pisa import PisaAdapter
+    from pisa_model.tiny import tiny_pisa
+
+    model, processor = tiny_pisa(seed=0)
+    model.processor = processor
+    tokenizer = processor.tokenizer
+    seg_id = model.config.seg_token_id
+    sure = tokenizer("sure", add_special_tokens=False)["input_ids"]
+    answers = {"pieces": sure + sure, "token": sure + [seg_id]}  # generated ids, as the language model gives them
+    real_decode = tokenizer.decode
+
+    def generate(input_ids, **kwargs):  # row 0 answers without the token, row 1 with it
+        rows = [list(row) + answers[name] + [tokenizer.eos_token_id] for row, name in zip(input_ids.tolist(), answers)]
+        width = max(map(len, rows))
+        return torch.tensor([row + [tokenizer.eos_token_id] * (width - len(row)) for row in rows])
+
+    def decode(ids, **kwargs):  # the first answer spells "[SEG]" in pieces, the second shows the token otherwise
+        return {tuple(answers["pieces"]): "sure [SEG]", tuple(answers["token"]): "sure <seg>"}.get(
+            tuple(ids), real_decode(ids, **kwargs)
+        )
+
+    monkeypatch.setattr(model.llava, "generate", generate)
+    monkeypatch.setattr(tokenizer, "decode", decode)
+    images = [Image.fromarray(np.full((32, 40, 3), 120, dtype=np.uint8))] * 2
+    masks, records = PisaAdapter(model, generate=True).predict_with_extras(images, ["the handle"] * 2)
+    assert [record["answer"] for record in records] == ["sure [SEG]", "sure <seg>"]
+    assert [record["has_seg"] for record in records] == [False, True]
+    assert not masks[0].any()  # no [SEG] token: the empty mask, whatever the text says
