@@ -11,12 +11,19 @@ Starting points: `--init-from tiny` (the tiny random model of `pisa_model.tiny`)
 LLAVA,DINOV2,SAM` (pretrained parts), or `--init-from PATH` (a saved PISA checkpoint). `--resume-from
 OUT/checkpoints/checkpoint-N` (or `latest`) continues a run exactly: model, optimizer, scheduler, RNG states and
 the position in the data stream. A resume takes the settings recorded in the checkpoint (`RUN_SETTINGS`: leave
-them out); one given with another value is refused, naming it, as is a checkpoint already past `--max-steps`.
+them out); one given with another value is refused, naming it, as is a checkpoint already past `--max-steps`. The
+checkpoint policy (`CHECKPOINT_POLICY`: --save-steps, --save-total-limit) is recorded too and adopted when left out,
+but may change on a resume (printed).
 
 One run per output folder: a run holds an advisory lock on OUT (`flock`, released by the kernel when the process
 ends, however it ends), and a fresh run refuses an OUT that holds another run's checkpoints, metrics or model
 unless `--overwrite-output-dir` (which removes the old checkpoints and metrics first). A run resuming from one
-of OUT's own checkpoints continues there, dropping the metrics logged after that checkpoint.
+of OUT's own checkpoints continues there, dropping the metrics logged after that checkpoint. A folder without a
+complete checkpoint holds no run to lose: a fresh run starts there, and `--resume-from latest` starts at step 0.
+
+A checkpoint is written whole to `checkpoint-N.partial` and renamed into place (`_move_into_place`: one saved again
+replaces the old atomically); the next start removes what an interrupted save left (`_tidy_checkpoints`). A full
+disk during a save is one line naming the folder and the bytes needed, with nothing half-written left.
 
 The data stream is defined in optimizer steps: step s uses samples [s*G, (s+1)*G) of an endless sequence of
 seeded per-epoch permutations of the rows (G = batch size x accumulation x processes; process r takes the r-th
