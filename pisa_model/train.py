@@ -670,7 +670,7 @@ def _train(args, resume, resume_state) -> str:
             file=sys.stderr,
         )
     _train_steps(args, run)
-    _save_final_model(args, run, processor)
+    _save_final_model(args, run, processor, configs, len(rows))
     return args.output_dir
 
 
@@ -830,8 +830,8 @@ def _log_step(args, run: _Run, step: int, running: dict) -> dict:
     return logs
 
 
-def _save_final_model(args, run: _Run, processor) -> None:
-    """The trained model, with its processor and custom code, saved to OUTPUT_DIR."""
+def _save_final_model(args, run: _Run, processor, configs, num_rows: int) -> None:
+    """The trained model, with its processor and custom code, saved to OUTPUT_DIR, and what it was trained on."""
     run.accelerator.wait_for_everyone()
     final = run.accelerator.unwrap_model(run.model)
     final.processor = processor
@@ -840,7 +840,24 @@ def _save_final_model(args, run: _Run, processor) -> None:
         is_main_process=run.accelerator.is_main_process,
         state_dict=run.accelerator.get_state_dict(run.model),
     )
+    if run.accelerator.is_main_process:
+        write_training_data(args.output_dir, args.data_dir, args.split, configs, num_rows)
     run.accelerator.end_training()
+
+
+TRAINING_DATA_FILE = "training_data.json"
+
+
+def write_training_data(folder: str, data_dir: str, split: str, configs, num_rows: int, **more) -> None:
+    """What the model was trained on, kept beside its weights for its model card (`model_card.py`): the data's name
+    (a local folder by its base name only: the file is published with the model), split, configs and rows; `more`
+    adds e.g. `synthetic` (the demo's generated release)."""
+    expanded = os.path.expanduser(data_dir)
+    local = os.path.exists(expanded) or os.path.isabs(expanded) or data_dir.startswith(".") or data_dir.count("/") != 1
+    name = os.path.basename(os.path.normpath(expanded)) if local else data_dir  # else a Hub id: ORG/NAME
+    record = {"data": name, "split": split, "configs": list(configs), "rows": int(num_rows), **more}
+    with open(os.path.join(folder, TRAINING_DATA_FILE), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
 
 
 def _check_rows(args, num_rows: int, num_processes: int, resume, state) -> None:
