@@ -7,14 +7,12 @@ import sys
 from unittest.mock import create_autospec
 
 import pytest
+from fake_hub import FakeHub
+
+import upload
+from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from fake_hub import FakeHub  # noqa: E402
-
-import upload  # noqa: E402
-from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated  # noqa: E402
 
 
 @pytest.fixture(scope="module")
