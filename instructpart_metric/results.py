@@ -7,7 +7,8 @@
         "orps": {...}
       },
       "paper": {"orps_form": "question", "columns": {"orps_object_part_gIoU": 0.31, ...}},  # paper.py
-      "published_ranks": {...},          # with --compare-published: ranks among the published methods
+      "published_ranks": {...},          # with --compare-published, on the official test split: ranks among
+                                         # the published methods; on other data "not_ranked": "<why>" instead
       "provenance": {...},               # provenance.py: version, command, ORPS form, data, model
       "execution": {...}                 # processes, seconds: the only part that differs between reruns
     }
@@ -23,7 +24,7 @@ from instructpart_dataset.schema import CONFIG_OF_TYPE, CONFIGS, check_config
 from instructpart_dataset.toolbox.files import write_json_atomic
 
 from .core import StreamingScorer
-from .paper import check_orps_form, format_paper_table, orps_form_note, paper_row, rank_against_published
+from .paper import check_orps_form, format_paper_table, orps_form_note, paper_row, ranks_or_reason
 from .tables import combined_label, format_table, results_dict
 
 RESULTS_FILE = "results.json"
@@ -74,8 +75,12 @@ def build_results(
         blocks[config] = {"all": numbers["overall"], "by": numbers["by"]}
         by_type.update(numbers["by"]["instruction_type"])
     results = {"configs": blocks, "paper": {"orps_form": orps_form, "columns": paper_row(by_type, orps_form)}}
-    if compare_published:
-        results["published_ranks"] = rank_against_published({"yours": results["paper"]["columns"]})["yours"]
+    if compare_published:  # ranks only on the official test split (paper.why_not_ranked)
+        ranks, reason = ranks_or_reason({"yours": results["paper"]["columns"]}, provenance)
+        if reason is None:
+            results["published_ranks"] = ranks["yours"]
+        else:
+            results["not_ranked"] = reason
     results.update(extra or {})
     if provenance is not None:
         results["provenance"] = provenance
@@ -99,7 +104,11 @@ def format_results(results: dict, name: str, *, breakdowns: tuple = (), compare_
             blocks.append(format_table(block["by"][label], row_header=f"{label} ({config.upper()})"))
     paper = results["paper"]
     if compare_published:
-        blocks.append(format_paper_table({name: paper["columns"]}, paper["orps_form"], published=True))
+        blocks.append(
+            format_paper_table(
+                {name: paper["columns"]}, paper["orps_form"], published=True, provenance=results.get("provenance")
+            )
+        )
     else:
         blocks.append(format_paper_table({name: paper["columns"]}, paper["orps_form"]))
     return "\n\n".join(blocks)

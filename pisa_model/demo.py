@@ -68,6 +68,7 @@ class DemoResult:
     models: dict = field(default_factory=dict)  # model name -> predictions folder
     summaries: dict = field(default_factory=dict)  # model name -> report.json's numbers
     seconds: dict = field(default_factory=dict)  # step -> wall seconds
+    provenance: dict | None = None  # the report's: the scored data (its fingerprints say whether ranks apply)
 
 
 def slug(name: str) -> str:
@@ -279,6 +280,8 @@ def run_demo(
     by_config = {config: load_instructpart(data_dir, config=config, split=split) for config in CONFIGS}
     datasets = list(by_config.values())
     data = dataset_identity(data_dir, split, by_config)
+    if built_in:  # generated shapes: never ranked against the paper's methods (paper.why_not_ranked)
+        data["synthetic"] = True
     scorers = _evaluate(evaluated, datasets, out, settings.eval_batch_size, data)
     result.seconds["predict"] = time.perf_counter() - clock
 
@@ -296,7 +299,9 @@ def run_demo(
         provenance=provenance(command_line(PROG), DEFAULT_ORPS_FORM, data),
     )
     with open(os.path.join(out, "report", "report.json")) as f:
-        result.summaries = json.load(f)["models"]
+        numbers = json.load(f)
+    result.summaries = numbers["models"]
+    result.provenance = numbers.get("provenance")
     result.seconds["report"] = time.perf_counter() - clock
     result.seconds["total"] = time.perf_counter() - started
     return result
@@ -362,10 +367,12 @@ def main(argv=None) -> int:
             settings=settings,
             centre_ellipse_area=args.centre_ellipse_area,
         )
-        from instructpart_metric.report import console_tables
+        from instructpart_metric.report import console_paper_table, console_tables
 
         print()
         print(console_tables(result.summaries))
+        print()
+        print(console_paper_table(result.summaries, provenance=result.provenance))
         print(f"\ndone in {result.seconds['total']:.0f} s; report: {result.report}")
 
     return run_command(PROG, demo)

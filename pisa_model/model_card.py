@@ -130,7 +130,14 @@ def _evaluation_section(results_by_file: dict, name: str, compare_published: boo
                 lines.append(f"| {task.upper()} | {row} | {cells} | {metrics.get('num_samples', '')} |")
         paper = results["paper"]
         lines += ["", "In the layout of the paper's main table:", ""]
-        lines.append(format_paper_markdown({name: paper["columns"]}, paper["orps_form"], published=compare_published))
+        lines.append(
+            format_paper_markdown(
+                {name: paper["columns"]},
+                paper["orps_form"],
+                published=compare_published,
+                provenance=results.get("provenance"),
+            )
+        )
         provenance = format_provenance(results.get("provenance"))
         if provenance:
             lines += ["", "Provenance:", ""] + [f"- `{line}`" for line in provenance]

@@ -257,7 +257,7 @@ def tiny_checkpoint(tmp_path_factory):
     return folder
 
 
-def _results_file(path, config, split, metrics_by_type):
+def _results_file(path, config, split, metrics_by_type, rows=10, fingerprint="sha256:" + "ab" * 32):
     import json
 
     overall = {
@@ -280,7 +280,7 @@ def _results_file(path, config, split, metrics_by_type):
                     "dataset": {
                         "source": "/data/InstructPart",
                         "split": split,
-                        "configs": {config: {"rows": 10, "fingerprint": "sha256:" + "ab" * 32}},
+                        "configs": {config: {"rows": rows, "fingerprint": fingerprint}},
                     },
                 },
             },
@@ -337,10 +337,12 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
 
 
 def test_the_card_can_place_the_results_among_the_published_methods(tiny_checkpoint, tmp_path):
+    from instructpart_metric import paper
     from pisa_model.model_card import render_model_card
 
     metrics = {"gIoU": 0.31234, "cIoU": 0.4, "P@50:95": 0.105, "P@50": 0.25}
-    trps = _results_file(tmp_path / "trps.json", "trps", "test", {"human": metrics, "gpt4": metrics})
+    official = paper.OFFICIAL_TEST_SPLIT["trps"]
+    trps = _results_file(tmp_path / "trps.json", "trps", "test", {"human": metrics, "gpt4": metrics}, **official)
     text = str(render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[trps], compare_published=True))
     assert "| LISA | RS | 34.46 | 39.44 |" in text and "| Average (as printed) |" in text
     # TRPS human gIoU 31.23: only LISA's 32.11 is higher; cIoU 40.00 beats every published 30.25 or less
@@ -350,6 +352,11 @@ def test_the_card_can_place_the_results_among_the_published_methods(tiny_checkpo
     assert "| LISA |" not in plain and "| pisa-tiny |" in plain
     with pytest.raises(ValueError, match="TRPS results again"):
         render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[trps, trps])
+    # 60 entries are 120 TRPS rows: the published rows are shown, without ranks, and the card says why
+    sample = _results_file(tmp_path / "sample.json", "trps", "test", {"human": metrics, "gpt4": metrics}, rows=120)
+    text = str(render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[sample], compare_published=True))
+    assert "| LISA | RS | 34.46 | 39.44 |" in text and " of 11" not in text
+    assert "No ranks against the published rows: not the official test split: 60 of 600 entries" in text
 
 
 def test_model_space_stages_the_package_app_examples_and_a_card_that_names_the_model(tmp_path):
