@@ -16,11 +16,12 @@ import json
 
 from tqdm.auto import tqdm
 
-from lmms_eval.api.model import lmms
-
+from instructpart_dataset.toolbox.extras import require
 from instructpart_metric.rle import encode_rle
 
 from .adapters import load_adapter
+
+lmms = require("lmms_eval.api.model", "lmms", "the instructpart lmms-eval model").lmms
 
 MODEL_ID = "instructpart"
 
