@@ -98,6 +98,49 @@ def _eval_results(results_by_file: dict, dataset_id: str) -> list:
                         metric_value=round(100 * block["all"][metric], 2),
                     )
                 )
+        entries += _paper_column_results(results, dataset_id, split)
+    return entries
+
+
+def _paper_column_results(results: dict, dataset_id: str, split: str) -> list:
+    """The paper's columns (`metric_config` = the column group's key, e.g. `trps_human`), with the ORPS form and
+    the data's fingerprint in `metric_args` (the model-index groups metrics by task type and dataset, so per-metric
+    fields are what survives): what a leaderboard needs to place the model beside the paper's rows
+    (`python -m instructpart_metric leaderboard`)."""
+    from instructpart_metric.paper import COLUMN_GROUPS
+
+    paper = results.get("paper") or {}
+    columns = paper.get("columns") or {}
+    configs = ((results.get("provenance") or {}).get("dataset") or {}).get("configs") or {}
+    entries = []
+    for group in COLUMN_GROUPS:
+        if group.task not in results["configs"]:
+            continue
+        found = configs.get(group.task) or {}
+        arguments = {
+            "orps_form": paper.get("orps_form"),
+            "fingerprint": found.get("fingerprint"),
+            "rows": found.get("rows"),
+        }
+        for metric, metric_id in METRIC_IDS.items():
+            value = columns.get(f"{group.key}_{metric}")
+            if value is None:
+                continue
+            entries.append(
+                EvalResult(
+                    task_type="image-segmentation",
+                    task_name=f"Part segmentation ({group.title})",
+                    dataset_type=dataset_id,
+                    dataset_name="InstructPart",
+                    dataset_config=group.task,
+                    dataset_split=split,
+                    metric_type=metric_id,
+                    metric_name=f"{metric} ({group.title})",
+                    metric_config=group.key,
+                    metric_args={key: value for key, value in arguments.items() if value is not None},
+                    metric_value=round(100 * value, 2),
+                )
+            )
     return entries
 
 
