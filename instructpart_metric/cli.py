@@ -163,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_lmms_arguments(command)
     command.set_defaults(handler=run_lmms_tasks)
+    from .leaderboard import add_arguments as add_leaderboard_arguments
+    from .leaderboard import run as run_leaderboard
+
+    command = commands.add_parser(
+        "leaderboard",
+        help="one table of the published rows, results files and model cards (HTML page and Space app)",
+        description="Build the leaderboard: the paper's published rows, results.json files and Hub model cards in the "
+        "paper's four column groups; writes DIR/leaderboard.html, DIR/leaderboard.json and DIR/space/app.py.",
+    )
+    add_leaderboard_arguments(command)
+    command.set_defaults(handler=run_leaderboard)
     return parser
 
 
