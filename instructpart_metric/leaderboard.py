@@ -17,7 +17,6 @@ ranked. DIR gets `leaderboard.html` (sortable by any column, marks and provenanc
 """
 
 import html
-import json
 import os
 import sys
 

@@ -198,3 +198,19 @@ def test_the_page_sorts_in_chromium(sources, tmp_path):
         finally:
             browser.close()
     assert os.path.getsize(tmp_path / "leaderboard.png") > 10_000
+
+
+@pytest.mark.slow
+def test_upload_stages_launches_and_queries_the_leaderboard_space(sources, tmp_path, capsys):
+    pytest.importorskip("gradio")
+    sys.path.insert(0, ROOT)
+    import upload
+
+    stage_root = tmp_path / "staging"
+    code = upload.main(["leaderboard", "--repo-id", "org/board", *sources[:3], "--stage", str(stage_root), "--dry-run"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "would create public space repo org/board" in printed and "dry run: nothing pushed" in printed
+    stage = stage_root / "leaderboard" / "board"
+    assert set(os.listdir(stage)) == {"README.md", "app.py", "leaderboard.json", "requirements.txt"}
+    assert "sdk: gradio" in (stage / "README.md").read_text()
