@@ -30,10 +30,6 @@ from instructpart_dataset.toolbox.cli_errors import OperationFailed, run_command
 from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated, serve_isolated
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DISTRIBUTION = "instructpart"  # whose install_requires the Spaces' requirements.txt copy
-# What each Space's app imports besides gradio (which comes with the card's `sdk_version`).
-METRIC_SPACE_NEEDS = ("evaluate", "datasets", "huggingface_hub", "numpy", "pillow")
-MODEL_SPACE_NEEDS = ("transformers", "torch", "safetensors", "huggingface_hub", "numpy", "pillow")
 
 
 class UploadError(OperationFailed):
@@ -75,89 +71,18 @@ def verify_dataset(stage: str, counts: dict) -> None:
     )
     if found != counts:
         raise UploadError(f"verification failed: {stage} loads as {found}, the export wrote {counts}")
+    print(f"verified load_dataset({os.path.basename(stage)!r}) in a fresh process: {found} rows, as exported")
 
 
 # --- metric ----------------------------------------------------------------------------------------------------
 
 
-def space_requirements(names) -> str:
-    """requirements.txt of a Space: the version ranges of `names` exactly as this project's installed
-    distribution declares them (setup.cfg's install_requires, else its extras), so that the Space runs what the
-    tests ran."""
-    from importlib.metadata import PackageNotFoundError, requires
-
-    from packaging.requirements import Requirement
-
-    try:
-        declared = [Requirement(line) for line in requires(DISTRIBUTION) or []]
-    except PackageNotFoundError:
-        raise UploadError(f"{DISTRIBUTION} is not installed: run `pip install -e .` in {HERE}") from None
-    ranges = {}
-    for req in sorted(declared, key=lambda req: req.marker is not None):  # install_requires first, then extras
-        if req.marker is None or "extra" in str(req.marker):
-            ranges.setdefault(req.name.lower().replace("_", "-"), f"{req.name}{req.specifier}")
-    lines = []
-    for name in names:
-        key = name.lower().replace("_", "-")
-        if key not in ranges:
-            raise UploadError(f"{name} is not among {DISTRIBUTION}'s requirements; cannot pin it in a Space")
-        lines.append(ranges[key])
-    return "\n".join(lines) + "\n"
-
-
-def gradio_version() -> str:
-    """The installed gradio's version: the Space card's `sdk_version`, the gradio its app is launched with here."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gradio")
-    except PackageNotFoundError:
-        raise UploadError(
-            "gradio is not installed: a Space is launched before it is pushed (pip install -e '.[space]')"
-        ) from None
-
-
-def _write_space_files(stage: str, app_file: str, needs, card) -> None:
-    """app.py, requirements.txt and the card (README.md) with the Space metadata the Hub reads."""
-    shutil.copy(app_file, os.path.join(stage, "app.py"))
-    with open(os.path.join(stage, "requirements.txt"), "w") as f:
-        f.write(space_requirements(needs))
-    card.data.sdk = "gradio"
-    card.data.sdk_version = gradio_version()
-    card.data.app_file = "app.py"
-    card.save(os.path.join(stage, "README.md"))
-
-
 def stage_metric(stage: str, repo_id: str, dataset_id: str | None = None) -> None:
-    """The evaluate module as a Space: `<repo name>.py` (so `evaluate.load(repo_id)` finds it), the modules it
-    imports, its card (listing the dataset whose zips the app scores), the app and requirements."""
-    from huggingface_hub import RepoCard
+    """The metric Space, staged by its package (`instructpart_metric.space.stage_space`) in a fresh folder."""
+    from instructpart_metric.space import stage_space
 
-    from instructpart_metric.space import APP_FILE
-
-    source = os.path.join(HERE, "instructpart_metric")
-    name = repo_id.split("/")[-1]
     _fresh_folder(stage)
-    shutil.copy(os.path.join(source, "instructpart_metric.py"), os.path.join(stage, f"{name}.py"))
-    for module in _relative_imports(os.path.join(source, "instructpart_metric.py")):
-        shutil.copy(os.path.join(source, f"{module}.py"), os.path.join(stage, f"{module}.py"))
-    card = RepoCard.load(os.path.join(source, "README.md"))
-    card.data.datasets = [dataset_id or _default_dataset_id(repo_id)]
-    _write_space_files(stage, APP_FILE, METRIC_SPACE_NEEDS, card)
-
-
-def _default_dataset_id(repo_id: str) -> str:
-    return f"{repo_id.split('/')[0]}/instructpart"
-
-
-def _relative_imports(script: str) -> list:
-    """Sibling modules a script imports as `from .name import x` (evaluate copies them beside it)."""
-    modules = []
-    with open(script) as f:
-        for line in f:
-            if line.startswith("from .") and " import " in line:
-                modules.append(line[len("from .") :].split(" import ")[0].strip())
-    return sorted(set(modules))
+    stage_space(stage, repo_id, dataset_id)
 
 
 def _space_client(url: str):
@@ -168,10 +93,12 @@ def _space_client(url: str):
 
 def launch_space(stage: str, query, env: dict | None = None, what: str = "the Space") -> None:
     """Serve the staged app as the Space runs it (`python app.py`, in a fresh process that cannot import this
-    project) on a loopback port and call `query(gradio_client.Client)` against it."""
+    project) on a loopback port and call `query(gradio_client.Client)` against it; `query` checks the answer and
+    returns what it asked and got, printed with where the app ran."""
     try:
         with serve_isolated(os.path.join(stage, "app.py"), env=env) as app:
-            query(_space_client(app.url))
+            checked = query(_space_client(app.url))
+            print(f"verified {what}: launched at {app.url}; {checked}", flush=True)
     except IsolatedRunError as error:
         raise UploadError(f"verification failed: {what}: {error}") from None
     except UploadError:
@@ -211,6 +138,7 @@ def verify_metric(stage: str) -> None:
     )
     if any(abs(found[k] - expected[k]) > 1e-12 for k in expected):
         raise UploadError(f"verification failed: the staged metric gives {found}, the package {expected}")
+    print(f"verified evaluate.load({stage!r}) in a fresh process: 4 mask pairs give {found}, as the package does")
 
     workdir = tempfile.mkdtemp(prefix="verify-metric-space-")
     try:
@@ -230,6 +158,7 @@ def verify_metric(stage: str) -> None:
             )
             if {key: metrics[key] for key in expected_pair} != expected_pair:
                 raise UploadError(f"verification failed: the staged app scores {metrics}, the package {expected_pair}")
+            return f"queried /score_pair with one mask pair: {expected_pair}, as the package scores it"
 
         launch_space(stage, query, what=f"the metric Space {stage}/app.py")
     finally:
@@ -345,7 +274,7 @@ def check_publishable_file(path: str) -> str:
 
 
 def _example_image(stage: str):
-    """A generated example photo and its instruction, shown as the card's widget example."""
+    """A generated example photo and its instruction, shown in the card's body."""
     import numpy as np
 
     from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
@@ -364,7 +293,7 @@ def stage_model(
     space_repo_id=None,
     dataset_id=None,
     base_models=None,
-    license="apache-2.0",
+    license=None,
     compare_published=False,
 ) -> None:
     from pisa_model.model_card import write_model_card
@@ -393,39 +322,18 @@ def stage_model(
         dataset_id=dataset_id,
         base_models=base_models,
         license=license,
-        widget_examples=_example_image(stage),
+        examples=_example_image(stage),
         compare_published=compare_published,
     )
 
 
-def stage_model_space(stage: str, model_repo_id: str, license: str = "apache-2.0") -> None:
-    """The demo Space of `model_repo_id`: pisa_model/space/app.py, generated example photos, requirements and a
-    card whose `models:` links the Space to the model (and tells the app which model to load)."""
-    from huggingface_hub import SpaceCard, SpaceCardData
-
-    from pisa_model.space import APP_FILE, write_examples
+def stage_model_space(stage: str, model_repo_id: str, license: str | None = None) -> None:
+    """The demo Space of `model_repo_id`, staged by its package (`pisa_model.space.stage_space`) in a fresh
+    folder."""
+    from pisa_model.space import stage_space
 
     _fresh_folder(stage)
-    write_examples(os.path.join(stage, "examples"))
-    data = SpaceCardData(
-        title="PISA part segmentation",
-        emoji="🔧",
-        colorFrom="red",
-        colorTo="gray",
-        pinned=False,
-        license=license,
-        models=[model_repo_id],
-        tags=["instructpart", "part-segmentation"],
-    )
-    card = SpaceCard(
-        f"---\n{data.to_yaml()}\n---\n\n"
-        f"Demo of [{model_repo_id}](https://huggingface.co/{model_repo_id}): a photo and an instruction in, the photo "
-        "with the part that serves the task overlaid and the part's mask (PNG) out. The example photos are "
-        "generated; the InstructPart release's photos are not redistributed here.\n\n"
-        f"Run it locally: `pip install gradio=={gradio_version()} -r requirements.txt && python app.py --model "
-        f"{model_repo_id}` (or a checkpoint folder).\n"
-    )
-    _write_space_files(stage, APP_FILE, MODEL_SPACE_NEEDS, card)
+    stage_space(stage, model_repo_id, license=license)
 
 
 def verify_model_space(space_stage: str, model_stage: str, checkpoint: str) -> None:
@@ -451,6 +359,10 @@ def verify_model_space(space_stage: str, model_stage: str, checkpoint: str) -> N
         )
         if not np.array_equal(np.asarray(Image.open(mask_path).convert("L")) > 0, expected):
             raise UploadError("verification failed: the staged Space's mask differs from the checkpoint's predict")
+        return (
+            f"queried /segment with {example['image']} and {example['instruction']!r}: its {expected.shape[1]}x"
+            f"{expected.shape[0]} mask ({int(expected.sum())} pixels) equals the checkpoint's predict"
+        )
 
     launch_space(space_stage, query, env={"PISA_MODEL": model_stage}, what=f"the demo Space {space_stage}/app.py")
 
@@ -497,6 +409,10 @@ def verify_model(checkpoint: str, stage: str) -> None:
     for kind in ("predict", "pipeline"):
         if found[kind] != expected:
             raise UploadError(f"verification failed: the staged model's {kind} masks differ from the checkpoint's")
+    print(
+        f"verified AutoModel/pipeline from {stage} with trust_remote_code in a fresh process: "
+        f"{len(expected)} generated photos give the checkpoint's predict masks"
+    )
 
 
 # --- push ------------------------------------------------------------------------------------------------------
@@ -656,7 +572,7 @@ def cmd_leaderboard(args) -> None:
     board = build_leaderboard(sources, args.orps_form)
     stage = _stage_dir(args, "leaderboard", args.repo_id)
     with writing(stage):
-        stage_space(stage, board, gradio_version=gradio_version(), requirements="")
+        stage_space(stage, board)
     verify_leaderboard(stage, board)
     _publish(args, stage, "space", "the InstructPart leaderboard", space_sdk="gradio")
 
@@ -707,8 +623,8 @@ def main(argv=None) -> int:
     )
     model.add_argument(
         "--license",
-        default="apache-2.0",
-        help="the checkpoint's licence; respect the licences of the parts it was built from",
+        help="the checkpoint's licence (a Hub licence id); default: none chosen, the card says `unknown`. "
+        "Respect the licences of the parts it was built from",
     )
     common(model)
     model.set_defaults(run=cmd_model)

@@ -12,6 +12,8 @@ each sample's labels and key), so scorers of different processes merge exactly.
 
 This module imports numpy only (no PIL, datasets, evaluate or torch): the
 evaluate script ships it next to itself, so it must stay self-contained.
+`read_mask_png`, the one rule for reading a mask file (score CLI, report, the metric Space),
+imports PIL when it is called.
 """
 
 import math
@@ -103,6 +105,59 @@ def as_mask(value: Any, *, role: str = "prediction", index=None, threshold: floa
         raise ValueError(f"{where}{role} contains NaN")
     # numpy compares an integer array with a float threshold exactly (no wrap-around of the dtype).
     return array > threshold
+
+
+def _pixels(image) -> np.ndarray:
+    """The (H, W) pixel values, viewed in place through Pillow's Arrow export where it can
+    (np.asarray copies them, which costs about half as much as decoding the PNG)."""
+    try:
+        import pyarrow as pa
+
+        flat = pa.array(image)
+    except Exception:  # no pyarrow, or e.g. rows in several memory blocks: ValueError, TypeError, ArrowException
+        return np.asarray(image)
+    return flat.to_numpy(zero_copy_only=True).reshape(image.height, image.width)
+
+
+def _unreadable(name: str, error: Exception) -> ValueError:
+    return ValueError(f"{name}: unreadable PNG ({type(error).__name__}: {error})")
+
+
+def read_mask_png(source, name: str, *, shape: tuple | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """Decode a single-channel PNG (a path, a binary file or bytes) to a read-only (H, W) array, non-zero =
+    foreground: the one rule every reader of mask files follows (PNG only; modes 1, L, P, I, I;16, so palette
+    and 16-bit masks count their non-zero values; RGB/RGBA refused, since which channel holds the mask is a guess).
+
+    The size is checked from the PNG header before anything is decoded: `shape` (H, W) must match exactly
+    (masks are never resized), and at most `max_pixels` pixels are decoded. Errors are ValueErrors whose
+    message starts with `name`.
+    """
+    import io
+
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except Exception as error:  # PIL reports unreadable files through several exception types
+        raise _unreadable(name, error) from None
+    with image:
+        if image.format != "PNG":
+            raise ValueError(f"{name}: not a PNG file ({image.format})")
+        if image.mode not in MASK_IMAGE_MODES:
+            raise ValueError(f"{name}: a mode-{image.mode} image; a mask must be single-channel (mode 1, L, P or I)")
+        width, height = image.size
+        if shape is not None and (height, width) != tuple(shape):
+            raise ValueError(
+                f"{name}: {width}x{height} pixels, but its ground-truth mask is {shape[1]}x{shape[0]}; "
+                "masks are never resized"
+            )
+        if max_pixels is not None and width * height > max_pixels:
+            raise ValueError(f"{name}: {width}x{height} pixels, more than the {max_pixels:,} this reader takes")
+        try:
+            image.load()
+        except Exception as error:
+            raise _unreadable(name, error) from None
+        return _pixels(image)
 
 
 def _popcount(packed: np.ndarray) -> int:

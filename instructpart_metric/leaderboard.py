@@ -84,7 +84,7 @@ def results_row(path: str) -> dict:
 def card_row(card, where: str) -> dict | None:
     """The row of a model card (`huggingface_hub.ModelCard`), or None when its model-index does not name
     InstructPart with the paper's columns."""
-    results = [r for r in (card.data.eval_results or []) if r.dataset_name == BENCHMARK]
+    results = [r for r in (card.data.eval_results or []) if str(r.dataset_name or "").startswith(BENCHMARK)]
     columns = [r for r in results if r.metric_config in {g.key for g in COLUMN_GROUPS}]
     if not columns:
         return None

@@ -18,7 +18,10 @@ which is last; `write_results` refuses to replace another run's file unless told
 """
 
 import json
+import math
 import os
+import re
+import warnings
 
 from instructpart_dataset.schema import CONFIG_OF_TYPE, CONFIGS, check_config
 from instructpart_dataset.toolbox.files import write_json_atomic
@@ -127,6 +130,114 @@ def write_results(path: str, results: dict, overwrite: bool) -> None:
     write_json_atomic(path, results)
 
 
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _metrics_problem(metrics, field: str) -> str | None:
+    """Why a metrics dict is not what the package writes (fractions in [0, 1], a sample count), or None."""
+    from .core import METRIC_KEYS
+
+    if not isinstance(metrics, dict):
+        return f"{field}: not a mapping of metrics"
+    unknown = sorted(set(metrics) - {*METRIC_KEYS, "num_samples"})
+    if unknown:
+        return f"{field}.{unknown[0]}: unknown metric (expected {', '.join(METRIC_KEYS)}, num_samples)"
+    for key in METRIC_KEYS:
+        value = metrics.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{field}.{key}: missing or not a number ({value!r})"
+        if not math.isfinite(value):
+            return f"{field}.{key}: {value} is not a finite number"
+        if not 0.0 <= value <= 1.0:
+            return f"{field}.{key}: {value} is outside [0, 1] (results files hold fractions, not percentages)"
+    count = metrics.get("num_samples")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        return f"{field}.num_samples: {count!r} is not a positive whole number"
+    return None
+
+
+def _version(text) -> tuple | None:
+    found = re.match(r"(\d+)\.(\d+)", str(text))
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def validate_results(results: dict, path: str) -> dict:
+    """Check a results file against the layout this package writes before it is published (the model card):
+    known configs and instruction types, known metric names, finite fractions in [0, 1], paper columns, a
+    well-formed dataset record, and the writer's version: a newer major version is refused, a newer minor one
+    warned about. Raises ValueError `<path>: <field>: <what>` (one line); returns `results`."""
+    from . import provenance as provenance_module
+    from .paper import ORPS_FORMS, PAPER_COLUMNS
+
+    def refuse(problem: str):
+        raise ValueError(f"{path}: {problem}")
+
+    configs = results.get("configs")
+    if not isinstance(configs, dict) or not configs:
+        refuse("configs: no scored config")
+    for config, block in configs.items():
+        if config not in CONFIGS:
+            refuse(f"configs.{config}: unknown config (expected {', '.join(CONFIGS)})")
+        if not isinstance(block, dict):
+            refuse(f"configs.{config}: not a mapping")
+        problem = _metrics_problem(block.get("all"), f"configs.{config}.all")
+        if problem:
+            refuse(problem)
+        by_type = (block.get("by") or {}).get("instruction_type") or {}
+        if not isinstance(by_type, dict):
+            refuse(f"configs.{config}.by.instruction_type: not a mapping")
+        for kind, metrics in by_type.items():
+            if kind not in CONFIGS[config]:
+                refuse(f"configs.{config}.by.instruction_type.{kind}: not an instruction type of {config}")
+            problem = _metrics_problem(metrics, f"configs.{config}.by.instruction_type.{kind}")
+            if problem:
+                refuse(problem)
+    paper = results.get("paper")
+    if not isinstance(paper, dict) or paper.get("orps_form") not in ORPS_FORMS:
+        refuse(f"paper.orps_form: expected one of {', '.join(ORPS_FORMS)}")
+    columns = paper.get("columns")
+    if not isinstance(columns, dict):
+        refuse("paper.columns: not a mapping")
+    for column, value in columns.items():
+        if column not in PAPER_COLUMNS:
+            refuse(f"paper.columns.{column}: unknown column")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            refuse(f"paper.columns.{column}: {value!r} is not a finite number")
+        if not 0.0 <= value <= 1.0:
+            refuse(f"paper.columns.{column}: {value} is outside [0, 1]")
+    record = results.get("provenance")
+    if record is None:
+        return results
+    if not isinstance(record, dict):
+        refuse("provenance: not a mapping")
+    data = record.get("dataset") or {}
+    for config, found in ((data.get("configs") or {}) if isinstance(data, dict) else {}).items():
+        if config not in CONFIGS:
+            refuse(f"provenance.dataset.configs.{config}: unknown config")
+        if not isinstance(found, dict) or not _FINGERPRINT.fullmatch(str(found.get("fingerprint"))):
+            refuse(f"provenance.dataset.configs.{config}.fingerprint: not a sha256: fingerprint")
+        rows = found.get("rows")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            refuse(f"provenance.dataset.configs.{config}.rows: {rows!r} is not a positive whole number")
+    written = _version((record.get("package") or {}).get("version"))
+    ours = _version(provenance_module.package_version())
+    if written and ours and written > ours:
+        version = record["package"]["version"]
+        if written[0] > ours[0]:
+            refuse(
+                f"provenance.package.version: written by instructpart {version}, a newer major version than this "
+                f"{provenance_module.package_version()}; upgrade instructpart to publish it"
+            )
+        warnings.warn(
+            f"{path}: written by instructpart {version}, newer than this {provenance_module.package_version()}; "
+            "fields it added are not checked",
+            stacklevel=2,
+        )
+    return results
+
+
 def load_results(path: str) -> dict:
     """A results file as written by `write_results`; one-line errors naming the file."""
     try:
@@ -148,6 +259,7 @@ __all__ = [
     "config_rows",
     "format_results",
     "load_results",
+    "validate_results",
     "orps_form_note",
     "parse_configs",
     "write_results",

@@ -5,8 +5,9 @@
         [--overwrite] [--batch-size 8] [--by object ...] [--limit N] [--dtype bfloat16] [--adapter-arg NAME=VALUE ...]
     accelerate launch -m pisa_model.evaluate --model MODEL ...          # the same, sharded over processes
 
-MODEL is a PISA checkpoint folder or an adapter spec (the list: `--help`, from
-`pisa_model.adapters.ADAPTER_SPECS`). `centre-ellipse` takes its area from the train split of the same `--data-dir`.
+MODEL is a PISA checkpoint folder, an adapter spec (the list: `--help`, from
+`pisa_model.adapters.ADAPTER_SPECS`), or your own model, `path/to/file.py:FACTORY` or `package.module:FACTORY`
+(`pisa_model.adapters.registry`). `centre-ellipse` takes its area from the train split of the same `--data-dir`.
 
 Each process takes a contiguous slice of the rows with no padding (every row is scored exactly once,
 whatever the number of processes), predicts in batches and scores each row into a `StreamingScorer`
@@ -276,7 +277,12 @@ def _parse_args(argv):
         epilog="MODEL specs (CKPT: a local folder or a Hub repo id):\n" + specs_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="PISA checkpoint folder or adapter spec (NAME[:CHECKPOINT])")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="PISA checkpoint folder, adapter spec (NAME[:CHECKPOINT]), or your own model: "
+        "path/to/file.py:FACTORY or package.module:FACTORY",
+    )
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub repo id")
     add_run_arguments(parser)  # --config trps,orps, --orps-form, --compare-published, --overwrite
     parser.add_argument("--split", default="test")

@@ -601,8 +601,25 @@ def _train(args, resume, resume_state) -> str:
         is_main_process=accelerator.is_main_process,
         state_dict=accelerator.get_state_dict(model),
     )
+    if accelerator.is_main_process:
+        write_training_data(args.output_dir, args.data_dir, args.split, configs, len(rows))
     accelerator.end_training()
     return args.output_dir
+
+
+TRAINING_DATA_FILE = "training_data.json"
+
+
+def write_training_data(folder: str, data_dir: str, split: str, configs, num_rows: int, **more) -> None:
+    """What the model was trained on, kept beside its weights for its model card (`model_card.py`): the data's name
+    (a local folder by its base name only: the file is published with the model), split, configs and rows; `more`
+    adds e.g. `synthetic` (the demo's generated release)."""
+    expanded = os.path.expanduser(data_dir)
+    local = os.path.exists(expanded) or os.path.isabs(expanded) or data_dir.startswith(".") or data_dir.count("/") != 1
+    name = os.path.basename(os.path.normpath(expanded)) if local else data_dir  # else a Hub id: ORG/NAME
+    record = {"data": name, "split": split, "configs": list(configs), "rows": int(num_rows), **more}
+    with open(os.path.join(folder, TRAINING_DATA_FILE), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
 
 
 def _check_rows(args, num_rows: int, num_processes: int, resume, state) -> None:

@@ -7,14 +7,12 @@ import sys
 from unittest.mock import create_autospec
 
 import pytest
+from fake_hub import FakeHub
+
+import upload
+from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from fake_hub import FakeHub  # noqa: E402
-
-import upload  # noqa: E402
-from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +171,7 @@ def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "would create private dataset repo org/instructpart" in result.stdout
     assert "trps/test-00000-of-00001.parquet" in result.stdout and "nothing pushed" in result.stdout
+    assert "verified load_dataset('instructpart') in a fresh process: {'trps': {" in result.stdout
     assert (tmp_path / "hub-staging" / "dataset" / "instructpart" / "README.md").is_file()
 
 
@@ -201,11 +200,15 @@ def test_bad_release_stops_before_anything_is_pushed(tmp_path):
 
 
 @pytest.mark.slow
-def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_path):
+def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_path, capsys):
     stage = str(tmp_path / "metric" / "instructpart")
     upload.stage_metric(stage, "org/instructpart")
     assert sorted(os.listdir(stage)) == ["README.md", "app.py", "core.py", "instructpart.py", "requirements.txt"]
     upload.verify_metric(stage)  # evaluate.load and the served app agree with StreamingScorer
+    printed = capsys.readouterr().out  # what was launched and queried, and the checked answer
+    assert f"verified evaluate.load({stage!r}) in a fresh process: 4 mask pairs give {{'gIoU': " in printed
+    assert f"verified the metric Space {stage}/app.py: launched at http://127.0.0.1:" in printed
+    assert "queried /score_pair with one mask pair: {'gIoU': " in printed and "as the package scores it" in printed
 
     app = os.path.join(stage, "app.py")
     with open(app) as f:
@@ -213,7 +216,8 @@ def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_pat
     with open(app, "w") as f:  # an app that scores the inverted prediction serves fine but gives other numbers
         f.write(
             source.replace(
-                "predicted = np.asarray(_as_mask(prediction)) != 0", "predicted = np.asarray(_as_mask(prediction)) == 0"
+                "predicted = read_upload(prediction, shape=true.shape) != 0",
+                "predicted = read_upload(prediction, shape=true.shape) == 0",
             )
         )
     with pytest.raises(upload.UploadError, match="verification failed: the staged app scores"):
@@ -239,13 +243,16 @@ def test_space_requirements_are_the_packages_own_ranges(tmp_path):
     config.read(os.path.join(ROOT, "setup.cfg"))
     written = config["options"]["install_requires"].split("\n") + config["options.extras_require"]["space"].split("\n")
     written = {line.split(">")[0].split("=")[0].split("<")[0].strip(): line.strip() for line in written if line.strip()}
-    text = upload.space_requirements(["evaluate", "pillow", "huggingface_hub"])
+    from instructpart_dataset.toolbox.cli_errors import OperationFailed
+    from instructpart_dataset.toolbox.space_files import space_requirements
+
+    text = space_requirements(["evaluate", "pillow", "huggingface_hub"])
     assert len(text.splitlines()) == 3
     for name, line in zip(["evaluate", "pillow", "huggingface_hub"], text.splitlines()):
         # the same specifiers (packaging may order them differently)
         assert set(line[len(name) :].split(",")) == set(written[name][len(name) :].replace(" ", "").split(","))
-    with pytest.raises(upload.UploadError, match="scipy is not among instructpart's requirements"):
-        upload.space_requirements(["scipy"])
+    with pytest.raises(OperationFailed, match="scipy is not among instructpart's requirements"):
+        space_requirements(["scipy"])
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +321,7 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
     assert (meta["library_name"], meta["pipeline_tag"]) == ("transformers", "image-segmentation")
     assert meta["base_model"] == ["llava-hf/llava-1.5-7b-hf"] and meta["datasets"] == ["org/instructpart"]
     (result,) = meta["model-index"][0]["results"]
-    assert result["dataset"]["config"] == "trps" and result["dataset"]["split"] == "test"
+    assert result["dataset"]["config"] == "trps" and result["dataset"]["split"] == "test (5 entries)"  # 10 rows
     # Besides the TRPS numbers, the paper's two TRPS column groups (metric config), for a leaderboard.
     paper_columns = [m for m in result["metrics"] if "config" in m]
     assert [m["config"] for m in paper_columns] == ["trps_human"] * 4 + ["trps_gpt4"] * 4
@@ -488,15 +495,18 @@ def test_pushed_cards_parse_with_the_hub_card_classes_and_carry_the_listing_fiel
         model.data.pipeline_tag == "image-segmentation"
         and "image-segmentation" in PIPELINE_REGISTRY.get_supported_tasks()
     )
-    assert model.data.library_name == "transformers" and model.data.license == "apache-2.0"
+    assert model.data.library_name == "transformers" and model.data.license == "unknown"  # no --license given
+    assert "Not stated: no licence was chosen" in model.text
     assert model.data.base_model == ["llava-hf/llava-1.5-7b-hf", "facebook/dinov2-large"]
     assert model.data.datasets == ["org/instructpart"] and "custom_code" in model.data.tags
     # The model-index is parsed back into EvalResults by the card class (malformed entries raise here).
     results = {(r.dataset_config, r.metric_name): r.metric_value for r in model.data.eval_results}
     assert results[("trps", "gIoU (TRPS)")] == 50.0 and results[("trps", "cIoU (TRPS)")] == 25.0
     assert "https://huggingface.co/spaces/org/pisa-tiny-demo" in model.text
-    for path in [e["src"].split("/resolve/main/")[1] for e in model.data.widget]:
-        assert path in hub.files("model", "org/pisa-tiny")
+    # no widget block (the Hub runs none for custom code); the example photo is pushed and shown in the body
+    assert model.data.widget is None and "widget:" not in model.content
+    assert "example.jpg" in hub.files("model", "org/pisa-tiny")
+    assert "https://huggingface.co/org/pisa-tiny/resolve/main/example.jpg" in model.text
 
     dataset = _card(hub, "dataset", "org/instructpart", DatasetCard)
     assert isinstance(dataset.data, DatasetCardData)
@@ -516,3 +526,55 @@ def test_pushed_cards_parse_with_the_hub_card_classes_and_carry_the_listing_fiel
         assert "app.py" in space_files and app_needs in space_files["requirements.txt"].decode()
     assert SpaceCard(hub.files("space", "org/pisa-tiny-demo")["README.md"].decode()).data.models == ["org/pisa-tiny"]
     assert SpaceCard(hub.files("space", "org/instructpart")["README.md"].decode()).data.datasets == ["org/instructpart"]
+
+
+def test_the_card_takes_training_data_and_licence_from_the_run_and_the_user(tiny_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    import yaml
+
+    from pisa_model.model_card import render_model_card
+    from pisa_model.train import write_training_data
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    unrecorded = str(render_model_card(str(checkpoint), "org/pisa-tiny"))
+    assert "The training data was not recorded" in unrecorded and "pisa_model.train` on InstructPart" not in unrecorded
+    assert yaml.safe_load(unrecorded.split("---\n")[1])["license"] == "unknown"
+    assert "no licence was chosen" in unrecorded and "apache" not in unrecorded
+
+    write_training_data(str(checkpoint), str(tmp_path / "my-release"), "train", ("trps", "orps"), 720)
+    record = json.loads((checkpoint / "training_data.json").read_text())
+    assert record["data"] == "my-release" and str(tmp_path) not in json.dumps(record)  # no local path travels
+    real = str(render_model_card(str(checkpoint), "org/pisa-tiny", license="mit"))
+    assert "on the `train` split of `my-release`: 720 TRPS and ORPS rows" in real
+    assert yaml.safe_load(real.split("---\n")[1])["license"] == "mit" and "`mit`, as chosen by the uploader" in real
+
+    record["synthetic"] = "generated by instructpart_dataset.synthetic (seed 0)"
+    (checkpoint / "training_data.json").write_text(json.dumps(record))
+    synthetic = str(render_model_card(str(checkpoint), "org/pisa-tiny"))
+    assert "on synthetic data, not InstructPart (generated by instructpart_dataset.synthetic (seed 0))" in synthetic
+
+
+def test_the_model_index_names_the_revision_and_entries_and_calls_only_the_official_split_test(
+    tiny_checkpoint, tmp_path
+):
+    import yaml
+
+    from instructpart_metric import paper
+    from pisa_model.model_card import render_model_card
+
+    metrics = {"gIoU": 0.5, "cIoU": 0.25, "P@50:95": 0.1, "P@50": 0.5}
+    sample = _results_file(tmp_path / "sample.json", "trps", "test", {"human": metrics, "gpt4": metrics}, rows=120)
+    meta = yaml.safe_load(str(render_model_card(tiny_checkpoint, "org/p", results_files=[sample])).split("---\n")[1])
+    dataset = meta["model-index"][0]["results"][0]["dataset"]
+    assert dataset["split"] == "test (60 entries)" and dataset["revision"] == "sha256:" + "ab" * 32
+    assert dataset["name"] == "InstructPart (not the official test split: 60 of 600 entries)"
+    assert dataset["args"] == {"entries": 60, "rows": 120}
+    official = paper.OFFICIAL_TEST_SPLIT["trps"]
+    full = _results_file(tmp_path / "full.json", "trps", "test", {"human": metrics, "gpt4": metrics}, **official)
+    meta = yaml.safe_load(str(render_model_card(tiny_checkpoint, "org/p", results_files=[full])).split("---\n")[1])
+    dataset = meta["model-index"][0]["results"][0]["dataset"]
+    assert dataset["split"] == "test" and dataset["name"] == "InstructPart"
+    assert dataset["revision"] == official["fingerprint"] and dataset["args"] == {"entries": 600, "rows": 1200}

@@ -17,22 +17,25 @@ def write_app(folder: str, board: dict) -> None:
         json.dump(board, f, indent=1)
 
 
-def stage_space(stage: str, board: dict, *, gradio_version: str, requirements: str = "") -> None:
-    """A complete Space folder in `stage` (emptied first): app, data, requirements.txt and the card."""
+def stage_space(stage: str, board: dict) -> None:
+    """A complete Space folder in `stage` (emptied first): app, data, requirements.txt (empty: the app needs only
+    gradio, which the card's `sdk_version` pins to the gradio it is launched with here) and the card."""
     from huggingface_hub import SpaceCard, SpaceCardData
+
+    from instructpart_dataset.toolbox.space_files import gradio_version
 
     if os.path.exists(stage):
         shutil.rmtree(stage)
     write_app(stage, board)
     with open(os.path.join(stage, "requirements.txt"), "w", encoding="utf-8") as f:
-        f.write(requirements)
+        f.write("")
     data = SpaceCardData(
         title="InstructPart leaderboard",
         emoji="🏆",
         colorFrom="blue",
         colorTo="gray",
         sdk="gradio",
-        sdk_version=gradio_version,
+        sdk_version=gradio_version(),
         app_file="app.py",
         pinned=False,
         tags=["instructpart", "leaderboard", "part-segmentation"],
