@@ -170,7 +170,7 @@ def verify_metric(stage: str) -> None:
 SENTENCEPIECE_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
-def check_publishable_file(path: str) -> str:
+def check_publishable_file(path: str) -> str:  # noqa: C901 - split on branch trainup
     """The kind of a checkpoint file that may be published: "safetensors", "json", "text" (code, templates,
     vocabularies) or "sentencepiece" (a tokenizer model); anything else raises a ValueError naming it
     (bad input: exit 2).

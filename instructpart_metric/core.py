@@ -56,6 +56,25 @@ def as_mask(value: Any, *, role: str = "prediction", index=None, threshold: floa
         threshold is given.
     """
     where = _where(index)
+    array = _mask_array(value, role, where)
+    kind = array.dtype.kind
+    if role == "prediction" and threshold is not None:
+        _check_threshold(threshold)
+        if kind == "b":
+            _check_bool_mask_threshold(threshold, role, where)
+            return array
+    if kind == "b" or role != "prediction" or threshold is None:
+        if kind == "f":
+            raise ValueError(_unthresholded_float_message(array, role, where))
+        return array
+    if kind == "f" and np.isnan(array).any():
+        raise ValueError(f"{where}{role} contains NaN")
+    # numpy compares an integer array with a float threshold exactly (no wrap-around of the dtype).
+    return array > threshold
+
+
+def _mask_array(value: Any, role: str, where: str) -> np.ndarray:
+    """`value` as a non-empty 2-D array of a bool, integer or float dtype, or a ValueError saying what it is."""
     if value is None:
         raise ValueError(f"{where}{role} is None")
     mode = getattr(value, "mode", None)
@@ -73,38 +92,35 @@ def as_mask(value: Any, *, role: str = "prediction", index=None, threshold: floa
         raise ValueError(f"{where}{role} must be a 2-D (H, W) mask, got shape {array.shape}")
     if array.size == 0:
         raise ValueError(f"{where}{role} has no pixels (shape {array.shape})")
-    kind = array.dtype.kind
-    if kind not in "biuf":
+    if array.dtype.kind not in "biuf":
         raise ValueError(f"{where}{role} has unsupported dtype {array.dtype}: expected a bool or integer mask")
-    if role == "prediction" and threshold is not None:
-        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
-            raise ValueError(f"threshold must be a number, got {threshold!r}")
-        if math.isnan(threshold):
-            raise ValueError("threshold must be a number, got nan")
-        if kind == "b":
-            # As 0/1 values a bool mask passes any threshold in [0, 1) unchanged; any other would empty or
-            # fill it, which is never what a threshold meant for scores wants.
-            if not 0 <= threshold < 1:
-                raise ValueError(
-                    f"{where}{role} is a bool mask: threshold={threshold} would make it all "
-                    f"{'background' if threshold >= 1 else 'foreground'}; thresholds apply to integer or float scores"
-                )
-            return array
-    if kind == "b" or role != "prediction" or threshold is None:
-        if kind == "f":
-            if role != "prediction":
-                raise ValueError(
-                    f"{where}{role} has float dtype {array.dtype}: references must be bool or integer masks"
-                )
-            raise ValueError(
-                f"{where}{role} has float dtype {array.dtype}: pass threshold= (foreground = value > threshold) "
-                "or give a bool/integer mask"
-            )
-        return array
-    if kind == "f" and np.isnan(array).any():
-        raise ValueError(f"{where}{role} contains NaN")
-    # numpy compares an integer array with a float threshold exactly (no wrap-around of the dtype).
-    return array > threshold
+    return array
+
+
+def _check_threshold(threshold) -> None:
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise ValueError(f"threshold must be a number, got {threshold!r}")
+    if math.isnan(threshold):
+        raise ValueError("threshold must be a number, got nan")
+
+
+def _check_bool_mask_threshold(threshold, role: str, where: str) -> None:
+    # As 0/1 values a bool mask passes any threshold in [0, 1) unchanged; any other would empty or fill it, which
+    # is never what a threshold meant for scores wants.
+    if not 0 <= threshold < 1:
+        raise ValueError(
+            f"{where}{role} is a bool mask: threshold={threshold} would make it all "
+            f"{'background' if threshold >= 1 else 'foreground'}; thresholds apply to integer or float scores"
+        )
+
+
+def _unthresholded_float_message(array: np.ndarray, role: str, where: str) -> str:
+    if role != "prediction":
+        return f"{where}{role} has float dtype {array.dtype}: references must be bool or integer masks"
+    return (
+        f"{where}{role} has float dtype {array.dtype}: pass threshold= (foreground = value > threshold) "
+        "or give a bool/integer mask"
+    )
 
 
 def _pixels(image) -> np.ndarray:

@@ -161,74 +161,90 @@ def _version(text) -> tuple | None:
     return (int(found[1]), int(found[2])) if found else None
 
 
+def _configs_problem(configs) -> str | None:
+    """What is wrong with a results file's `configs` (the scores of each config and instruction type), or None."""
+    if not isinstance(configs, dict) or not configs:
+        return "configs: no scored config"
+    for config, block in configs.items():
+        if config not in CONFIGS:
+            return f"configs.{config}: unknown config (expected {', '.join(CONFIGS)})"
+        if not isinstance(block, dict):
+            return f"configs.{config}: not a mapping"
+        problem = _metrics_problem(block.get("all"), f"configs.{config}.all")
+        if problem:
+            return problem
+        by_type = (block.get("by") or {}).get("instruction_type") or {}
+        if not isinstance(by_type, dict):
+            return f"configs.{config}.by.instruction_type: not a mapping"
+        for kind, metrics in by_type.items():
+            if kind not in CONFIGS[config]:
+                return f"configs.{config}.by.instruction_type.{kind}: not an instruction type of {config}"
+            problem = _metrics_problem(metrics, f"configs.{config}.by.instruction_type.{kind}")
+            if problem:
+                return problem
+    return None
+
+
+def _paper_problem(paper) -> str | None:
+    """What is wrong with a results file's `paper` record (ORPS form and the paper's columns), or None."""
+    from .paper import ORPS_FORMS, PAPER_COLUMNS
+
+    if not isinstance(paper, dict) or paper.get("orps_form") not in ORPS_FORMS:
+        return f"paper.orps_form: expected one of {', '.join(ORPS_FORMS)}"
+    columns = paper.get("columns")
+    if not isinstance(columns, dict):
+        return "paper.columns: not a mapping"
+    for column, value in columns.items():
+        if column not in PAPER_COLUMNS:
+            return f"paper.columns.{column}: unknown column"
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"paper.columns.{column}: {value!r} is not a finite number"
+        if not 0.0 <= value <= 1.0:
+            return f"paper.columns.{column}: {value} is outside [0, 1]"
+    return None
+
+
+def _dataset_record_problem(data) -> str | None:
+    """What is wrong with the provenance's dataset record (each config's fingerprint and row count), or None."""
+    for config, found in ((data.get("configs") or {}) if isinstance(data, dict) else {}).items():
+        if config not in CONFIGS:
+            return f"provenance.dataset.configs.{config}: unknown config"
+        if not isinstance(found, dict) or not _FINGERPRINT.fullmatch(str(found.get("fingerprint"))):
+            return f"provenance.dataset.configs.{config}.fingerprint: not a sha256: fingerprint"
+        rows = found.get("rows")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            return f"provenance.dataset.configs.{config}.rows: {rows!r} is not a positive whole number"
+    return None
+
+
 def validate_results(results: dict, path: str) -> dict:
     """Check a results file against the layout this package writes before it is published (the model card):
     known configs and instruction types, known metric names, finite fractions in [0, 1], paper columns, a
     well-formed dataset record, and the writer's version: a newer major version is refused, a newer minor one
     warned about. Raises ValueError `<path>: <field>: <what>` (one line); returns `results`."""
     from . import provenance as provenance_module
-    from .paper import ORPS_FORMS, PAPER_COLUMNS
 
-    def refuse(problem: str):
-        raise ValueError(f"{path}: {problem}")
-
-    configs = results.get("configs")
-    if not isinstance(configs, dict) or not configs:
-        refuse("configs: no scored config")
-    for config, block in configs.items():
-        if config not in CONFIGS:
-            refuse(f"configs.{config}: unknown config (expected {', '.join(CONFIGS)})")
-        if not isinstance(block, dict):
-            refuse(f"configs.{config}: not a mapping")
-        problem = _metrics_problem(block.get("all"), f"configs.{config}.all")
-        if problem:
-            refuse(problem)
-        by_type = (block.get("by") or {}).get("instruction_type") or {}
-        if not isinstance(by_type, dict):
-            refuse(f"configs.{config}.by.instruction_type: not a mapping")
-        for kind, metrics in by_type.items():
-            if kind not in CONFIGS[config]:
-                refuse(f"configs.{config}.by.instruction_type.{kind}: not an instruction type of {config}")
-            problem = _metrics_problem(metrics, f"configs.{config}.by.instruction_type.{kind}")
-            if problem:
-                refuse(problem)
-    paper = results.get("paper")
-    if not isinstance(paper, dict) or paper.get("orps_form") not in ORPS_FORMS:
-        refuse(f"paper.orps_form: expected one of {', '.join(ORPS_FORMS)}")
-    columns = paper.get("columns")
-    if not isinstance(columns, dict):
-        refuse("paper.columns: not a mapping")
-    for column, value in columns.items():
-        if column not in PAPER_COLUMNS:
-            refuse(f"paper.columns.{column}: unknown column")
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            refuse(f"paper.columns.{column}: {value!r} is not a finite number")
-        if not 0.0 <= value <= 1.0:
-            refuse(f"paper.columns.{column}: {value} is outside [0, 1]")
     record = results.get("provenance")
+    problem = _configs_problem(results.get("configs")) or _paper_problem(results.get("paper"))
+    if not problem and record is not None:
+        if not isinstance(record, dict):
+            problem = "provenance: not a mapping"
+        else:
+            problem = _dataset_record_problem(record.get("dataset") or {})
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     if record is None:
         return results
-    if not isinstance(record, dict):
-        refuse("provenance: not a mapping")
-    data = record.get("dataset") or {}
-    for config, found in ((data.get("configs") or {}) if isinstance(data, dict) else {}).items():
-        if config not in CONFIGS:
-            refuse(f"provenance.dataset.configs.{config}: unknown config")
-        if not isinstance(found, dict) or not _FINGERPRINT.fullmatch(str(found.get("fingerprint"))):
-            refuse(f"provenance.dataset.configs.{config}.fingerprint: not a sha256: fingerprint")
-        rows = found.get("rows")
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            refuse(f"provenance.dataset.configs.{config}.rows: {rows!r} is not a positive whole number")
     written = _version((record.get("package") or {}).get("version"))
     ours = _version(provenance_module.package_version())
     if written and ours and written > ours:
         version = record["package"]["version"]
         if written[0] > ours[0]:
-            refuse(
-                f"provenance.package.version: written by instructpart {version}, a newer major version than this "
-                f"{provenance_module.package_version()}; upgrade instructpart to publish it"
+            raise ValueError(
+                f"{path}: provenance.package.version: written by instructpart {version}, a newer major version "
+                f"than this {provenance_module.package_version()}; upgrade instructpart to publish it"
             )
         warnings.warn(
             f"{path}: written by instructpart {version}, newer than this {provenance_module.package_version()}; "

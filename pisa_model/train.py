@@ -466,7 +466,7 @@ def train(args) -> str:
         return _train(args, resume, resume_state)
 
 
-def _train(args, resume, resume_state) -> str:
+def _train(args, resume, resume_state) -> str:  # noqa: C901 - split on branch trainup
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm

@@ -43,6 +43,13 @@ ADAPTER_SPECS = (
         "_centre_ellipse",
     ),
     AdapterSpec("pisa", "PATH | pisa:PATH", "a PISA checkpoint (a folder, or pisa:REPO_ID)", "pisa", "_pisa"),
+    AdapterSpec(
+        "lisa",
+        "lisa:PATH_OR_REPO",
+        "LISA as released (xinlai/LISA-7B-v1, ...), converted once; the paper's LISA row",
+        "lisa",
+        "_lisa",
+    ),
     AdapterSpec("clipseg", "clipseg:CKPT", "CLIPSeg with the instruction as its text prompt", "clipseg", "_clipseg"),
     AdapterSpec(
         "grounded-sam",
@@ -54,10 +61,17 @@ ADAPTER_SPECS = (
     AdapterSpec("sam3", "sam3:CKPT", "SAM3 with a text prompt", "sam3", "_sam3"),
     AdapterSpec(
         "reason-then-ground",
-        "reason-then-ground:VLM_CKPT,SEGMENTER_SPEC",
-        'a VLM names "<part> of the <object>", a segmenter (any spec above) grounds it',
+        "reason-then-ground:VLM,SEGMENTER_SPEC",
+        'a VLM (CKPT or api:MODEL@BASE_URL) names "<part> of the <object>", a segmenter (any spec above) grounds it',
         "reason_then_ground",
         "_reason_then_ground",
+    ),
+    AdapterSpec(
+        "vlm-box",
+        "vlm-box:VLM,SAM_CKPT",
+        "a VLM (CKPT or api:MODEL@BASE_URL: one request per row, cached) gives the part's box, SAM masks it",
+        "vlm_box",
+        "_vlm_box",
     ),
 )
 _BUILTIN = {spec.name: spec for spec in ADAPTER_SPECS}
@@ -232,6 +246,7 @@ def _check_options(name: str, factory: Callable, options: dict) -> None:
         for parameter in inspect.signature(factory).parameters.values()
         if parameter.kind == parameter.KEYWORD_ONLY and parameter.name not in ("device", "dtype")
     ]
+    accepted += list(getattr(factory, "accepted_options", ()))  # options a factory passes on through **kwargs
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         takes = ", ".join(accepted) if accepted else "none"
