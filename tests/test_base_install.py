@@ -21,6 +21,7 @@ NEEDS_AN_EXTRA = {
     "pisa_model.space.app": "space",
     "pisa_model.space.__main__": "space",
     "pisa_model.lmms_model": "lmms",
+    "instructpart_metric.leaderboard_space.app": "space",
 }
 
 PROBE = r"""

@@ -12,14 +12,22 @@ import argparse
 import json
 import os
 
-import gradio as gr
+try:
+    import gradio as gr
+except ImportError as error:
+    raise ImportError("the leaderboard Space app needs gradio: pip install instructpart[space]") from error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(HERE, "leaderboard.json"), encoding="utf-8") as f:
-    BOARD = json.load(f)
-COLUMNS = BOARD["columns"]
-ORPS_COLUMNS = [f"{g['key']}_{m}" for g in BOARD["groups"] if g["task"] == "orps" for m in BOARD["metrics"]]
-HEADERS = ["rank", "method", "source", *COLUMNS, "marks"]
+BOARD, COLUMNS, ORPS_COLUMNS, HEADERS = {}, [], [], []
+
+
+def load(path=None):
+    """Read the table once, when the app starts (`leaderboard.json` beside this file)."""
+    with open(path or os.path.join(HERE, "leaderboard.json"), encoding="utf-8") as f:
+        BOARD.update(json.load(f))
+    COLUMNS[:] = BOARD["columns"]
+    ORPS_COLUMNS[:] = [f"{g['key']}_{m}" for g in BOARD["groups"] if g["task"] == "orps" for m in BOARD["metrics"]]
+    HEADERS[:] = ["rank", "method", "source", *COLUMNS, "marks"]
 
 
 def _rankable(row, column):
@@ -56,6 +64,8 @@ def leaderboard(sort_by="trps_human_gIoU"):
 
 
 def build() -> gr.Blocks:
+    if not BOARD:
+        load()
     with gr.Blocks(title="InstructPart leaderboard") as demo:
         gr.Markdown(
             "# InstructPart leaderboard\nPercentages, the paper's four column groups (ORPS in the "
