@@ -96,8 +96,12 @@ class FakeHub:
     """Repos live in `self.repos[(repo_type, repo_id)]`: {"private", "sdk", "branches": {name: {path: bytes}},
     "commits": [(branch, summary, sorted paths)]}; `self.requests` lists (method, path) in order."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, stall_on: str | None = None):
+        """`stall_on`: a path fragment (e.g. "/commit/"); a request whose path holds it is accepted and never
+        answered, as by a stalled Hub, until the fake shuts down."""
         self.token = token
+        self.stall_on = stall_on
+        self._release = threading.Event()
         self.repos = {}
         self.requests = []
         self.validated = []  # (repo type, README content) the client asked the Hub to validate
@@ -112,6 +116,11 @@ class FakeHub:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 path = urlparse(self.path).path
+                if hub.stall_on is not None and hub.stall_on in path:
+                    with hub._lock:
+                        hub.requests.append(("POST (never answered)", path))
+                    hub._release.wait()
+                    return
                 with hub._lock:
                     hub.requests.append(("POST", path))
                     status, answer = hub._handle(path, self.headers.get("Authorization"), body)
@@ -140,6 +149,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc):
+        self._release.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)

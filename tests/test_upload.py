@@ -504,7 +504,7 @@ def test_pushed_cards_parse_with_the_hub_card_classes_and_carry_the_listing_fiel
     assert results[("trps", "gIoU (TRPS)")] == 50.0 and results[("trps", "cIoU (TRPS)")] == 25.0
     assert "https://huggingface.co/spaces/org/pisa-tiny-demo" in model.text
     # no widget block (the Hub runs none for custom code); the example photo is pushed and shown in the body
-    assert model.data.widget is None and "widget:" not in model.content
+    assert getattr(model.data, "widget", None) is None and "widget:" not in model.content
     assert "example.jpg" in hub.files("model", "org/pisa-tiny")
     assert "https://huggingface.co/org/pisa-tiny/resolve/main/example.jpg" in model.text
 
@@ -578,3 +578,57 @@ def test_the_model_index_names_the_revision_and_entries_and_calls_only_the_offic
     dataset = meta["model-index"][0]["results"][0]["dataset"]
     assert dataset["split"] == "test" and dataset["name"] == "InstructPart"
     assert dataset["revision"] == official["fingerprint"] and dataset["args"] == {"entries": 600, "rows": 1200}
+
+
+def _stalled_push(stage, hub_url, stall_on, tmp_path, *extra):
+    """`upload.py`'s push of `stage` (as `_publish` does it) against a Hub that never answers `stall_on`, in a
+    subprocess that the test would kill if the push hung."""
+    code = (
+        "import argparse, sys; sys.path.insert(0, sys.argv[1]); import upload; "
+        "from instructpart_dataset.toolbox.cli_errors import run_command; "
+        "parser = argparse.ArgumentParser(); upload_args = sys.argv[3:]; "
+        "args = argparse.Namespace(repo_id='org/stalled', dry_run=False, private=False, revision='v1', "
+        "connect_timeout=1.0, read_timeout=1.0, attempts=2, **dict(a.split('=') for a in upload_args)); "
+        "sys.exit(run_command('upload.py', upload._publish, args, sys.argv[2], 'dataset', 'a test'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=hub_url, HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / "hf-home"))
+    return subprocess.run(
+        [sys.executable, "-c", code, ROOT, stage, *extra], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "stall_on, done, remaining",
+    [
+        ("/api/repos/create", "nothing", "create dataset repo org/stalled; create branch v1; commit 2 files"),
+        # huggingface_hub retries a commit itself (six tries, 23 s of waits): slow.
+        pytest.param(
+            "/commit/",
+            "create dataset repo org/stalled; create branch v1",
+            "commit 2 files",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_a_stalled_hub_fails_the_push_in_one_line_naming_what_was_sent_and_keeps_the_stage(
+    tmp_path, stall_on, done, remaining
+):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    (stage / "data.json").write_text("{}")
+    with FakeHub(TOKEN, stall_on=stall_on) as hub:
+        run = _stalled_push(str(stage), hub.url, stall_on, tmp_path)
+        never_answered = [path for method, path in hub.requests if method == "POST (never answered)"]
+    assert run.returncode == 1, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("upload.py: error:")]
+    assert len(errors) == 1, run.stderr
+    assert f"push to org/stalled failed at {remaining.split(';')[0]}" in errors[0]
+    assert f"done: {done}; remaining: {remaining}" in errors[0] and f"stay in {stage} for a retry" in errors[0]
+    assert TOKEN not in run.stdout + run.stderr
+    if stall_on == "/api/repos/create":  # --attempts 2 (default: the library's 6 tries, as for a commit)
+        assert len(never_answered) == 2 and "after 2 attempts" in errors[0]
+        assert "attempt 2 of 2" in run.stderr  # said while it waits
+    assert never_answered and all(stall_on in path for path in never_answered)
+    assert sorted(os.listdir(stage)) == ["README.md", "data.json"]
