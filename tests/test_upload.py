@@ -322,7 +322,11 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
     assert meta["base_model"] == ["llava-hf/llava-1.5-7b-hf"] and meta["datasets"] == ["org/instructpart"]
     (result,) = meta["model-index"][0]["results"]
     assert result["dataset"]["config"] == "trps" and result["dataset"]["split"] == "test (5 entries)"  # 10 rows
-    assert {m["name"]: m["value"] for m in result["metrics"]} == {
+    # Besides the TRPS numbers, the paper's two TRPS column groups (metric config), for a leaderboard.
+    paper_columns = [m for m in result["metrics"] if "config" in m]
+    assert [m["config"] for m in paper_columns] == ["trps_human"] * 4 + ["trps_gpt4"] * 4
+    assert paper_columns[0]["args"] == {"orps_form": "question", "fingerprint": "sha256:" + "ab" * 32, "rows": 10}
+    assert {m["name"]: m["value"] for m in result["metrics"] if "config" not in m} == {
         "gIoU (TRPS)": 31.23,
         "cIoU (TRPS)": 40.0,
         "P@50:95 (TRPS)": 10.5,
