@@ -10,27 +10,13 @@ import subprocess
 import sys
 
 import pytest
+from test_pisa_faults import FAST  # the shortest training command line, shared by the fault tests
 
 from pisa_model.train import main as train_main
 from pisa_model.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "python -m pisa_model.train: error: "
-FAST = [
-    "--init-from",
-    "tiny",
-    "--config",
-    "trps",
-    "--batch-size",
-    "1",
-    "--grad-accum",
-    "1",
-    "--warmup-steps",
-    "1",
-    "--log-steps",
-    "1",
-    "--no-progress",
-]
 
 
 def _args(release_dir, out, *extra):
