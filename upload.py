@@ -785,6 +785,7 @@ def verify_leaderboard(stage: str, board: dict) -> None:
             raise UploadError(
                 f"verification failed: the staged leaderboard lists {found[:3]}..., the package {expected[:3]}..."
             )
+        return f"queried /leaderboard sorted by {column}: its {len(found)} rows in the package's order"
 
     launch_space(stage, query, what=f"the leaderboard Space {stage}/app.py")
 

@@ -211,6 +211,7 @@ def test_upload_stages_launches_and_queries_the_leaderboard_space(sources, tmp_p
     assert code == 0
     printed = capsys.readouterr().out
     assert "would create public space repo org/board" in printed and "dry run: nothing pushed" in printed
+    assert "queried /leaderboard sorted by trps_human_gIoU: its " in printed and "; None" not in printed
     stage = stage_root / "leaderboard" / "board"
     assert set(os.listdir(stage)) == {"README.md", "app.py", "leaderboard.json", "requirements.txt"}
     assert "sdk: gradio" in (stage / "README.md").read_text()
