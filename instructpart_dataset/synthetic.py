@@ -180,13 +180,14 @@ def make_release(
     The train subsets keep the release's proportions (200/600/1200/1800 of the
     train split) and are nested; `group_parts=True` puts both parts of an image
     in one json entry's `part_list` (the format allows it; the released json
-    has one part per entry). Returns `root`.
+    has one part per entry). `num_train=0` writes no `train/` folder (a test-only
+    release: an empty split would be refused). Returns `root`.
     """
     rng = np.random.default_rng(seed)
     test = _generate_entries(num_test, rng, size_range, two_part_fraction, prefix="test")
     train = _generate_entries(num_train, rng, size_range, two_part_fraction, prefix="train")
     _write_folder(os.path.join(root, "test"), "test", test, group_parts)
-    for n in TRAIN_SUBSETS:
+    for n in TRAIN_SUBSETS if train else ():
         subset = train[: max(1, round(len(train) * n / TRAIN_SUBSETS[-1]))]
         _write_folder(os.path.join(root, "train", f"train{n}"), f"train{n}", subset, group_parts)
     if with_all:

@@ -1,11 +1,13 @@
 """The one generator behind every fixture, benchmark and the demo: deterministic, official layout, sound masks."""
 
 import filecmp
+import json
 import os
 
 import numpy as np
 import pytest
 
+from instructpart_dataset import load_instructpart
 from instructpart_dataset.synthetic import CATALOG, make_release, render_object
 
 
@@ -30,3 +32,12 @@ def test_parts_are_disjoint_and_non_empty_at_any_size(size):
         assert first.shape == (size[1], size[0]) and not (first & second).any()
         if min(size) >= 13:
             assert first.any() and second.any()
+
+
+def test_no_train_entries_make_a_test_only_release_that_loads(tmp_path):
+    # bench/evaluate_harness.py generates such a release: an empty train json would be refused by the loader.
+    root = make_release(str(tmp_path / "r"), seed=0, num_train=0, num_test=3)
+    assert sorted(os.listdir(root)) == ["all", "test"]
+    with open(os.path.join(root, "test", "data_test.json")) as f:
+        parts = sum(len(entry["part_list"]) for entry in json.load(f))
+    assert len(load_instructpart(root, "trps", split="test", cache_dir=str(tmp_path / "cache"))) == 2 * parts
