@@ -30,7 +30,8 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+if ROOT not in sys.path:  # after what PYTHONPATH names: `gpu_check.sh --wheels` puts the bundle's instructpart first
+    sys.path.append(ROOT)
 
 
 def parse_args(argv=None):
@@ -97,7 +98,7 @@ def save_full_size_components(folder: str, device: torch.device):
 
 def train(args, components, release, output, mask_input_size):
     """`accelerate launch -m pisa_model.train` with the default flags; returns (metrics lines, closing line)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), ROOT])))
     if args.tiny:
         env["ACCELERATE_USE_CPU"] = "1"
     command = [
@@ -134,7 +135,8 @@ def train(args, components, release, output, mask_input_size):
     ]
     if mask_input_size is not None:
         command += ["--mask-input-size", str(mask_input_size)]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    # cwd: not this checkout, whose folder `-m` would put first on the path, before the bundle's instructpart.
+    run = subprocess.run(command, env=env, cwd=os.path.dirname(output), capture_output=True, text=True, check=False)
     if run.returncode != 0:
         print(run.stderr[-4000:], file=sys.stderr)
         raise SystemExit(f"training failed (exit {run.returncode})")
@@ -144,12 +146,38 @@ def train(args, components, release, output, mask_input_size):
     return metrics, (closing[-1] if closing else "")
 
 
+def print_versions() -> None:
+    """The interpreter and the versions this check runs with (with `--wheels`, the bundle's where it has them)."""
+    from importlib import metadata
+
+    import pisa_model
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    names = ("instructpart", "transformers", "huggingface_hub", "accelerate", "peft", "safetensors", "tokenizers")
+    names += ("numpy", "pillow", "datasets")
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    print(
+        f"python {sys.version.split()[0]}; torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}{gpu})"
+    )
+    print(
+        "running with: "
+        + ", ".join(f"{name} {version(name)}" for name in names)
+        + f"; pisa_model from {os.path.dirname(pisa_model.__file__)}"
+    )
+
+
 def _size(count: int) -> str:
     return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def main(argv=None):
     args = parse_args(argv)
+    print_versions()
     if not args.tiny and not torch.cuda.is_available():
         print(
             "bench/gpu_check.sh needs a CUDA GPU and this machine has none; "
@@ -160,11 +188,11 @@ def main(argv=None):
     device = torch.device("cpu" if args.tiny else "cuda")
     if args.tiny:
         torch.set_num_threads(1)
-    from instructpart_dataset import load_instructpart
     from instructpart_dataset.synthetic import make_release
     from pisa_model import PisaConfig, PisaForPartSegmentation
     from pisa_model.adapters.pisa import PisaAdapter
     from pisa_model.budget import GIB, estimate
+    from pisa_model.data import load_rows
     from pisa_model.evaluate import evaluate_model
     from pisa_model.testing import REAL_STORED_DTYPES, save_tiny_components
 
@@ -210,7 +238,7 @@ def main(argv=None):
 
         # As `pisa_model.evaluate --dtype bfloat16` loads it (the checkpoint itself says float32: it mixes dtypes).
         model = PisaForPartSegmentation.from_pretrained(output, dtype=torch.bfloat16).to(device).eval()
-        dataset = load_instructpart(release, config="trps", split="test")
+        dataset = load_rows(release, configs="trps", split="test")  # read without datasets where it is missing
         dataset = dataset.select(range(min(args.test_rows, len(dataset))))
         for generate in (False, True):
             if device.type == "cuda":

@@ -24,9 +24,8 @@ from tqdm.auto import tqdm
 
 from .card import write_card
 from .files import publish_folder
-from .instructpart import rows_of
 from .load import is_hub_export
-from .release import ReleaseError, read_sample_files, scan_release
+from .release import ReleaseError, read_sample_files, rows_of, scan_release
 from .schema import CONFIGS, FEATURES
 
 # The Hub's own default for push_to_hub shards; keeps each Parquet file streamable.

@@ -20,7 +20,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
+
+try:
+    import pyarrow as pa
+except ImportError:  # an offline GPU node without datasets has no pyarrow: _pixels copies with numpy instead
+    pa = None
 from PIL import Image
 
 from instructpart_dataset.files import write_atomic
@@ -45,6 +49,8 @@ def save_prediction(folder: str, row: dict, mask: np.ndarray) -> str:
 def _pixels(image: Image.Image) -> np.ndarray:
     """The (H, W) pixel values, viewed in place through Pillow's Arrow export where it can
     (np.asarray copies them, which costs about half as much as decoding the PNG)."""
+    if pa is None:
+        return np.asarray(image)
     try:
         flat = pa.array(image)
     except (ValueError, TypeError, NotImplementedError, pa.ArrowException):  # e.g. rows in several memory blocks
