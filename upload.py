@@ -25,8 +25,8 @@ import shutil
 import sys
 import tempfile
 
-from fresh_process import IsolatedRunError, run_isolated, serve_isolated
-from instructpart_dataset.cli_errors import OperationFailed, run_command, writing
+from instructpart_dataset.toolbox.cli_errors import OperationFailed, run_command, writing
+from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated, serve_isolated
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DISTRIBUTION = "instructpart"  # whose install_requires the Spaces' requirements.txt copy

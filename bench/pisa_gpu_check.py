@@ -2,7 +2,7 @@
 
 1. Full-size random components with the real configs (`pisa_model/configs/`: LLaVA-1.5-7B, DINOv2-L, SAM-H) saved
    in the real checkpoints' stored dtypes (LLaVA float16, DINOv2 and SAM float32). The LLaVA folder carries the
-   tiny word-level tokenizer of `pisa_model.testing` (no download here); the model keeps LLaVA's 32,064 rows.
+   tiny word-level tokenizer of `pisa_model.tiny` (no download here); the model keeps LLaVA's 32,064 rows.
 2. A generated release, then `accelerate launch -m pisa_model.train --from-components ...` with the default flags
    (LoRA r=8 on q_proj/v_proj, batch 2, 896 px mask input, `--mixed-precision bf16`) for a few optimizer steps.
 3. `pisa_model.evaluate`'s `evaluate_model` on the trained checkpoint in both answer modes (teacher-forced and
@@ -61,7 +61,7 @@ def save_full_size_components(folder: str, device: torch.device):
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from pisa_model.budget import _read_config
-    from pisa_model.testing import REAL_STORED_DTYPES, tiny_tokenizer
+    from pisa_model.tiny import REAL_STORED_DTYPES, tiny_tokenizer
 
     tokenizer = tiny_tokenizer(with_seg=False)
     llava_config = LlavaConfig.from_dict(_read_config("llava-1.5-7b-hf"))
@@ -194,7 +194,7 @@ def main(argv=None):
     from pisa_model.budget import GIB, estimate
     from pisa_model.data import load_rows
     from pisa_model.evaluate import evaluate_model
-    from pisa_model.testing import REAL_STORED_DTYPES, save_tiny_components
+    from pisa_model.tiny import REAL_STORED_DTYPES, save_tiny_components
 
     work = args.work_dir or tempfile.mkdtemp(prefix="pisa-gpu-check-")
     os.makedirs(work, exist_ok=True)

@@ -21,7 +21,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 import upload  # noqa: E402
-from fresh_process import serve_isolated  # noqa: E402
+from instructpart_dataset.toolbox.fresh_process import serve_isolated  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     from PIL import Image
     from transformers import pipeline
 
-    from pisa_model.testing import save_tiny_pisa
+    from pisa_model.tiny import save_tiny_pisa
 
     torch.set_num_threads(args.threads)
     work = tempfile.mkdtemp(prefix="bench-space-")

@@ -4,7 +4,7 @@ Names are imported on first use, so that the torch- and datasets-free layers bel
 use this package's helpers without loading `datasets`.
 """
 
-from .extras import lazy_exports
+from .toolbox.extras import lazy_exports
 
 _EXPORTS = {
     "CONFIGS": "schema",

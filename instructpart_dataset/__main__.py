@@ -11,8 +11,8 @@ import signal
 import sys
 from collections import Counter
 
-from .files import OutputBusyError
 from .schema import CONFIGS
+from .toolbox.files import OutputBusyError
 
 
 def _export(args) -> None:
@@ -77,8 +77,8 @@ def _summary(args) -> None:
 
 
 def _synthetic(args) -> None:
-    from .files import publish_folder
     from .synthetic import make_release
+    from .toolbox.files import publish_folder
 
     with publish_folder(args.output) as staging:
         make_release(staging, seed=args.seed, num_train=args.num_train, num_test=args.num_test)

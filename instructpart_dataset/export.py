@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .card import write_card
-from .files import publish_folder
 from .load import is_hub_export
 from .release import ReleaseError, read_sample_files, rows_of, scan_release
 from .schema import CONFIGS, FEATURES
+from .toolbox.files import publish_folder
 
 # The Hub's own default for push_to_hub shards; keeps each Parquet file streamable.
 MAX_SHARD_BYTES = 500 << 20

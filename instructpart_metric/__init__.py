@@ -12,7 +12,7 @@ the paper's published table (`paper.py`, package data), and every results file s
 
 import os
 
-from instructpart_dataset.extras import lazy_exports
+from instructpart_dataset.toolbox.extras import lazy_exports
 
 from .core import (
     METRIC_KEYS,

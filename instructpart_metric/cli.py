@@ -47,7 +47,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_config: str = DEF
 
 def score(args: argparse.Namespace) -> int:
     from instructpart_dataset import load_instructpart
-    from instructpart_dataset.cli_errors import check_writable
+    from instructpart_dataset.toolbox.cli_errors import check_writable
 
     from .provenance import command_line, dataset_identity, provenance
     from .results import build_results, check_not_overwriting, format_results, parse_configs, write_results
@@ -97,7 +97,7 @@ def score(args: argparse.Namespace) -> int:
     if missing:
         print(f"{len(missing)} missing prediction files counted as empty masks")
     if args.json:
-        from instructpart_dataset.cli_errors import writing
+        from instructpart_dataset.toolbox.cli_errors import writing
 
         with writing(args.json):
             write_results(args.json, results, args.overwrite)
@@ -108,7 +108,7 @@ def score(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from .report import run_report
 
-    path = run_report(args)
+    path = run_report(args, PROG)
     print(f"report written to {path}")
     return 0
 
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list | None = None) -> int:
-    from instructpart_dataset.cli_errors import run_command
+    from instructpart_dataset.toolbox.cli_errors import run_command
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as the command line

@@ -27,8 +27,8 @@ except ImportError:  # an offline GPU node without datasets has no pyarrow: _pix
     pa = None
 from PIL import Image
 
-from instructpart_dataset.files import write_atomic
 from instructpart_dataset.schema import SCORE_LABELS, sample_key
+from instructpart_dataset.toolbox.files import write_atomic
 
 from .core import MASK_IMAGE_MODES, StreamingScorer, array_counts
 

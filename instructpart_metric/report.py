@@ -19,7 +19,6 @@ import os
 import numpy as np
 from tqdm.auto import tqdm
 
-from instructpart_dataset.files import write_json_atomic, write_text_atomic
 from instructpart_dataset.schema import (
     CONFIG_OF_TYPE,
     CONFIGS,
@@ -29,9 +28,9 @@ from instructpart_dataset.schema import (
     parse_sample_key,
     sample_key,
 )
+from instructpart_dataset.toolbox.files import write_json_atomic, write_text_atomic
 
 from . import report_html as html
-from .cli import PROG
 from .core import METRIC_KEYS, StreamingScorer
 from .paper import (
     COLUMN_GROUPS,
@@ -465,8 +464,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default="InstructPart results")
 
 
-def run_report(args: argparse.Namespace) -> str:
-    """`python -m instructpart_metric report`: score each folder on the configs, write the page; its path."""
+def run_report(args: argparse.Namespace, prog: str) -> str:
+    """`python -m instructpart_metric report`: score each folder on the configs, write the page; its path. `prog`
+    is the command's program name, recorded in the provenance's command line (the CLI passes its own)."""
     from instructpart_dataset import load_instructpart
 
     from .results import parse_configs
@@ -488,7 +488,7 @@ def run_report(args: argparse.Namespace) -> str:
             hint = f" (scoring {','.join(configs)}; pass --config for the configs the folder holds)"
             raise FileNotFoundError(f"{error}{hint if len(configs) > 1 else ''}") from None
     record = provenance(
-        command_line(PROG, getattr(args, "argv", None)),
+        command_line(prog, getattr(args, "argv", None)),
         args.orps_form,
         dataset_identity(args.data_dir, args.split, by_config),
         predictions=predictions,

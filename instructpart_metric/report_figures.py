@@ -28,7 +28,7 @@ def bar_chart_png(title: str, panels: dict, model_names: list, counts: dict) -> 
     `counts` maps each category to its number of entries, written beside its name.
     Categories are sorted by their mean gIoU over models and panels, best on top.
     """
-    from instructpart_dataset.extras import require
+    from instructpart_dataset.toolbox.extras import require
 
     matplotlib = require("matplotlib", "report", "the report's charts")
     matplotlib.use("Agg", force=False)

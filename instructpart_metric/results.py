@@ -19,8 +19,8 @@ which is last; `write_results` refuses to replace another run's file unless told
 import json
 import os
 
-from instructpart_dataset.files import write_json_atomic
 from instructpart_dataset.schema import CONFIG_OF_TYPE, CONFIGS, check_config
+from instructpart_dataset.toolbox.files import write_json_atomic
 
 from .core import StreamingScorer
 from .paper import check_orps_form, format_paper_table, orps_form_note, paper_row, rank_against_published

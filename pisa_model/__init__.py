@@ -8,7 +8,7 @@ Names are imported on first use, so that `python -m pisa_model.<tool>` and the
 torch-free parts of the package do not pay for transformers' model imports.
 """
 
-from instructpart_dataset.extras import lazy_exports
+from instructpart_dataset.toolbox.extras import lazy_exports
 
 _EXPORTS = {
     "PisaConfig": "configuration_pisa",

@@ -31,9 +31,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from instructpart_dataset.cli_errors import check_writable, report_error, run_command
-from instructpart_dataset.files import write_json_atomic
 from instructpart_dataset.schema import CONFIGS
+from instructpart_dataset.toolbox.cli_errors import check_writable, report_error, run_command
+from instructpart_dataset.toolbox.files import write_json_atomic
 
 PROG = "python -m pisa_model.demo"
 MARKER = ".instructpart-demo"  # marks a folder this command wrote, so that a rerun may replace it

@@ -38,9 +38,9 @@ import time
 
 import numpy as np
 
-from instructpart_dataset.cli_errors import check_writable, run_command, writing
-from instructpart_dataset.files import write_text_atomic
 from instructpart_dataset.schema import LABEL_COLUMNS, SCORE_LABELS, row_key, row_labels
+from instructpart_dataset.toolbox.cli_errors import check_writable, run_command, writing
+from instructpart_dataset.toolbox.files import write_text_atomic
 from instructpart_metric import StreamingScorer
 from instructpart_metric.cli import add_run_arguments
 from instructpart_metric.predictions import save_prediction

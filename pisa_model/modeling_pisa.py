@@ -6,13 +6,21 @@
                                                                                                         │
                                          low-res mask logits (4x the patch grid) <──────────────────────┘
 
-This file travels with saved checkpoints (`trust_remote_code=True`): it imports
-only torch, transformers and its sibling files (peft only when LoRA is on).
+This file travels with saved checkpoints (`trust_remote_code=True`) and holds the model only: it imports only
+torch, transformers and its sibling files that travel too (peft only when LoRA is on). What runs only when a
+model is built or converted (assembling pretrained parts, folding LoRA in) lives in `assembly.py`, which does not
+travel.
+
+`predict` and `generate_segmentation` stay on the model, and so the model imports the processor. segment-anything
+keeps its predictor outside the model and transformers' SamModel has none (the processor post-processes, a
+pipeline predicts), so that the model is usable without them. Here the checkpoint's own users have only the files
+that travel with it: `AutoModel.from_pretrained(repo, trust_remote_code=True).predict(images, instructions)` is
+what its model card promises, so the predictor has to travel, and a separate predictor file would travel beside
+this one anyway. The dependency runs one way (processing_pisa imports nothing of the model), and the generic
+predictor outside the model exists too: the pipeline of `pipeline_pisa.py`.
 """
 
 import contextlib
-import copy
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,7 +30,6 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 from transformers import (
-    AutoModelForImageTextToText,
     Dinov2Backbone,
     LlavaForConditionalGeneration,
     PreTrainedModel,
@@ -32,7 +39,7 @@ from transformers import (
 from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPositionalEmbedding, SamPromptEncoder
 from transformers.utils import ModelOutput
 
-from .configuration_pisa import DEFAULT_MASK_INPUT_SIZE, PisaConfig
+from .configuration_pisa import PisaConfig
 from .processing_pisa import PisaProcessor, as_image_batch, as_rgb_image
 
 # The logit given to every pixel of an answer that holds no [SEG]: sigmoid(-1e4) is 0 in float32, so the mask is
@@ -151,63 +158,6 @@ def masked_bce_dice(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Te
     return bce.mean(), dice.mean()
 
 
-def read_sam_prompt_weights(sam: str) -> tuple:
-    """`(SamConfig, {"prompt_encoder": state_dict, "mask_decoder": state_dict})` from a SAM checkpoint (Hub id or
-    folder), reading only those tensors from its safetensors file(s): the image encoder is never loaded."""
-    from safetensors import safe_open
-    from transformers.utils import cached_file
-
-    config = SamConfig.from_pretrained(sam)
-    index = cached_file(sam, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
-    if index is not None:
-        with open(index) as handle:
-            weight_map = json.load(handle)["weight_map"]
-        folder = os.path.dirname(index)
-        files = {key: os.path.join(folder, name) for key, name in weight_map.items()}
-        if not os.path.isdir(sam):  # a Hub repo: fetch only the shards holding the wanted tensors
-            wanted = {n for k, n in weight_map.items() if k.startswith(("prompt_encoder.", "mask_decoder.", "shared"))}
-            for name in wanted:
-                cached_file(sam, name)
-    else:
-        single = cached_file(sam, "model.safetensors", _raise_exceptions_for_missing_entries=False)
-        if single is None:
-            raise ValueError(f"SAM checkpoint {sam!r}: no model.safetensors (weights are read only as safetensors)")
-        with safe_open(single, "pt") as handle:
-            files = dict.fromkeys(handle.keys(), single)
-    parts = {"prompt_encoder": {}, "mask_decoder": {}}
-    for key, path in files.items():
-        part, _, rest = key.partition(".")
-        # Recent checkpoints keep the positional table once, at SamModel level (the prompt encoder's is tied to it).
-        if key == "shared_image_embedding.positional_embedding":
-            part, rest = "prompt_encoder", "shared_embedding.positional_embedding"
-            if f"prompt_encoder.{rest}" in files:
-                continue
-        if part in parts:
-            with safe_open(path, "pt") as handle:
-                parts[part][rest] = handle.get_tensor(key)
-    return config, parts
-
-
-def merge_lora_state_dict(state_dict: dict, scaling: float, adapter: str = "default") -> dict:
-    """A state dict with every LoRA pair folded into its base weight: `W + scaling * B @ A` (computed in float32,
-    stored in W's dtype) under the plain layer's names (`q_proj.weight`), the `lora_` entries dropped."""
-    merged = {}
-    suffix = f".lora_A.{adapter}.weight"
-    layers = {key[: -len(suffix)] for key in state_dict if key.endswith(suffix)}
-    for key, value in state_dict.items():
-        prefix = key.split(".base_layer.")[0] if ".base_layer." in key else None
-        if prefix in layers:
-            merged[key.replace(".base_layer.", ".")] = value
-        elif ".lora_" not in key:
-            merged[key] = value
-    for prefix in layers:
-        base = state_dict[f"{prefix}.base_layer.weight"]
-        lora_a = state_dict[f"{prefix}.lora_A.{adapter}.weight"].float()
-        lora_b = state_dict[f"{prefix}.lora_B.{adapter}.weight"].float()
-        merged[f"{prefix}.weight"] = (base.float() + scaling * lora_b.to(lora_a.device) @ lora_a).to(base.dtype)
-    return merged
-
-
 class PisaPreTrainedModel(PreTrainedModel):
     config: PisaConfig
     config_class = PisaConfig
@@ -231,7 +181,7 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
     PISA for instruction-driven part segmentation.
 
     `llava` and `dinov2` may be given as already-built (e.g. pretrained) modules, as `EncoderDecoderModel` does;
-    otherwise they are built from the config. Use `from_components` to assemble pretrained parts.
+    otherwise they are built from the config. `pisa_model.assembly.from_components` assembles pretrained parts.
 
     Trainable: LLaVA's language model (or its LoRA adapters + embeddings + LM head), the `[SEG]` text projection,
     the feature neck and SAM's mask decoder. Frozen: DINOv2, SAM's prompt encoder, LLaVA's vision tower and
@@ -680,7 +630,7 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
                 inputs[key] = value
         return inputs
 
-    # --- saving and assembling ------------------------------------------------------------------------------
+    # --- loading and saving ------------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
@@ -743,32 +693,15 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         save_directory,
         is_main_process: bool = True,
         push_to_hub: bool = False,
-        merge_lora: bool = False,
         **kwargs,
     ):
         """`PreTrainedModel.save_pretrained`, plus the custom pipeline's code and the attached processor.
 
-        With `merge_lora=True` a LoRA model is written merged, for inference: every adapter is folded into its base
-        weight (`W + lora_alpha / lora_rank * B @ A`, see `merge_lora_state_dict`) and the saved config has
-        `lora_rank=0`, so the checkpoint loads without peft (its whole language model is then trainable again).
-        The model in memory is not changed. Without LoRA the flag changes nothing.
+        A LoRA model is saved with its adapters; `pisa_model.assembly.save_merged` writes it merged, for inference.
 
         With `push_to_hub=True` the complete folder is uploaded afterwards through `push_to_hub` (which saves
         again into a temporary folder), so that the pipeline and processor files travel too.
         """
-        if merge_lora and self.config.lora_rank > 0:
-            if push_to_hub:
-                raise ValueError("merge_lora=True with push_to_hub=True: save merged to a folder, then upload it")
-            state_dict = kwargs.pop("state_dict", None)
-            state_dict = state_dict if state_dict is not None else self.state_dict()
-            scaling = self.config.lora_alpha / self.config.lora_rank
-            kwargs["state_dict"] = merge_lora_state_dict(state_dict, scaling)
-            rank = self.config.lora_rank
-            self.config.lora_rank = 0
-            try:
-                return self.save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
-            finally:
-                self.config.lora_rank = rank
         from transformers.dynamic_module_utils import custom_object_save
 
         from .pipeline_pisa import PIPELINE_TASK, PisaPartSegmentationPipeline, pipeline_registration
@@ -793,94 +726,6 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
                 repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(str(save_directory))))
                 return self.push_to_hub(repo_id, **hub_kwargs)
         return result
-
-    @classmethod
-    def from_components(
-        cls,
-        llava: str,
-        dinov2: str,
-        sam: str,
-        *,
-        dinov2_feature_layers=None,
-        feature_fusion: str = "sum",
-        mask_input_size: int = DEFAULT_MASK_INPUT_SIZE,
-        dtype: torch.dtype | None = None,
-        **config_kwargs,
-    ) -> "PisaForPartSegmentation":
-        r"""
-        Assemble a PISA model from pretrained parts (Hub ids or local folders), e.g. `llava-hf/llava-1.5-7b-hf`,
-        `facebook/dinov2-large`, `facebook/sam-vit-huge`.
-
-        LLaVA and its processor are loaded whole; `[SEG]` is added to the tokenizer and the embeddings resized; DINOv2
-        is loaded as a frozen backbone on `dinov2_feature_layers`; of SAM only the prompt-encoder and mask-decoder
-        tensors are read from its safetensors (not the 632 M-parameter image encoder). The feature neck and text
-        projection start from random. The returned model has `processor` set. Extra keyword arguments go to
-        `PisaConfig` (e.g. `lora_rank=8`).
-
-        Dtypes: the parts are stored in different dtypes (llava-hf's LLaVA in float16, DINOv2 and SAM in float32).
-        Whatever they are, the model follows `apply_dtype_policy(dtype)`: trainable parameters in float32, frozen
-        ones in `dtype`. `dtype=None` means float32 throughout (exact, and what a CPU runs); pass `torch.bfloat16`
-        for a GPU (what `pisa_model.train --mixed-precision bf16` does), which halves the frozen weights.
-        """
-        from transformers import AddedToken, AutoImageProcessor, AutoProcessor, Dinov2Config, SamImageProcessorPil
-
-        compute_dtype = torch.float32 if dtype is None else dtype
-        llava_model = AutoModelForImageTextToText.from_pretrained(llava, dtype=compute_dtype)
-        llava_processor = AutoProcessor.from_pretrained(llava)
-        tokenizer = llava_processor.tokenizer
-        image_token = getattr(llava_processor, "image_token", "<image>")
-        # Matched before any normalisation (e.g. lower-casing), so that they keep their spelling.
-        if image_token not in tokenizer.get_vocab():
-            tokenizer.add_tokens([AddedToken(image_token, normalized=False, special=True)], special_tokens=True)
-        tokenizer.add_tokens([AddedToken("[SEG]", normalized=False, special=False)])
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-        if len(tokenizer) > llava_model.get_input_embeddings().weight.shape[0]:
-            llava_model.resize_token_embeddings(len(tokenizer))
-
-        sam_config, sam_weights = read_sam_prompt_weights(sam)
-        # The composite config gets copies: building it resets the attention implementation of the sub-configs.
-        dinov2_config = Dinov2Config.from_pretrained(dinov2)
-        config = PisaConfig(
-            llava_config=llava_model.config.to_dict(),
-            dinov2_config=dinov2_config,
-            dinov2_feature_layers=dinov2_feature_layers,
-            feature_fusion=feature_fusion,
-            mask_input_size=mask_input_size,
-            seg_token_id=tokenizer.convert_tokens_to_ids("[SEG]"),
-            prompt_encoder_config=copy.deepcopy(sam_config.prompt_encoder_config),
-            mask_decoder_config=copy.deepcopy(sam_config.mask_decoder_config),
-            **config_kwargs,
-        )
-        dinov2_model = Dinov2Backbone.from_pretrained(
-            dinov2, out_indices=config.dinov2_feature_layers, dtype=compute_dtype
-        )
-
-        model = cls(config, llava=llava_model, dinov2=dinov2_model)
-        for name, module in (("prompt_encoder", model.prompt_encoder), ("mask_decoder", model.mask_decoder)):
-            module.load_state_dict(sam_weights[name], strict=True)
-        model.apply_dtype_policy(compute_dtype)
-
-        dinov2_processor = AutoImageProcessor.from_pretrained(dinov2)
-        mask_image_processor = SamImageProcessorPil(
-            size={"longest_edge": mask_input_size},
-            pad_size={"height": mask_input_size, "width": mask_input_size},
-            mask_size={"longest_edge": mask_input_size},
-            mask_pad_size={"height": mask_input_size, "width": mask_input_size},
-            image_mean=list(dinov2_processor.image_mean),
-            image_std=list(dinov2_processor.image_std),
-        )
-        vision = llava_model.config.vision_config
-        model.processor = PisaProcessor(
-            image_processor=llava_processor.image_processor,
-            mask_image_processor=mask_image_processor,
-            tokenizer=tokenizer,
-            image_token=image_token,
-            patch_size=getattr(llava_processor, "patch_size", None) or vision.patch_size,
-            vision_feature_select_strategy=llava_model.config.vision_feature_select_strategy,
-            num_additional_image_tokens=getattr(llava_processor, "num_additional_image_tokens", 1),
-        )
-        return model
 
 
 class _DropLoadReport(logging.Filter):
@@ -915,6 +760,4 @@ __all__ = [
     "PisaPreTrainedModel",
     "PisaSegmentationOutput",
     "masked_bce_dice",
-    "merge_lora_state_dict",
-    "read_sam_prompt_weights",
 ]

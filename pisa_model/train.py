@@ -7,7 +7,7 @@
 
     python -m pisa_model.train --data-dir RELEASE --output-dir OUT --init-from tiny --max-steps 200
 
-Starting points: `--init-from tiny` (the tiny random model of `pisa_model.testing`), `--from-components
+Starting points: `--init-from tiny` (the tiny random model of `pisa_model.tiny`), `--from-components
 LLAVA,DINOV2,SAM` (pretrained parts), or `--init-from PATH` (a saved PISA checkpoint). `--resume-from
 OUT/checkpoints/checkpoint-N` (or `latest`) continues a run exactly: model, optimizer, scheduler, RNG states and
 the position in the data stream. A resume takes the settings recorded in the checkpoint (`RUN_SETTINGS`: leave
@@ -248,7 +248,7 @@ def _adopt_run_settings(args, given: set, state: dict, checkpoint: str) -> None:
 
 def _truncate_metrics(path: str, last_step: int) -> None:
     """Drop the log lines after `last_step` (written by the run that was interrupted after that checkpoint)."""
-    from instructpart_dataset.files import write_text_atomic
+    from instructpart_dataset.toolbox.files import write_text_atomic
 
     if not os.path.isfile(path):
         return
@@ -323,11 +323,13 @@ def _build_model(args):
     compute_dtype = COMPUTE_DTYPES[args.mixed_precision]
     init_from = "tiny" if args.tiny else args.init_from
     if args.from_components:
+        from .assembly import from_components
+
         parts = [p.strip() for p in args.from_components.split(",")]
         if len(parts) != 3 or not all(parts):
             raise ValueError(f"--from-components takes LLAVA,DINOV2,SAM, got {args.from_components!r}")
         layers = [int(i) for i in args.dinov2_layers.split(",")] if args.dinov2_layers else None
-        model = PisaForPartSegmentation.from_components(
+        model = from_components(
             *parts,
             dinov2_feature_layers=layers,
             feature_fusion=args.feature_fusion,
@@ -337,7 +339,7 @@ def _build_model(args):
         )
         model, processor, origin = model, model.processor, f"components {args.from_components}"
     elif init_from == "tiny":
-        from .testing import tiny_pisa
+        from .tiny import tiny_pisa
 
         model, processor = tiny_pisa(args.seed, feature_fusion=args.feature_fusion, **_lora_options(args))
         origin = "tiny random model"
@@ -627,7 +629,7 @@ def _check_rows(args, num_rows: int, num_processes: int, resume, state) -> None:
 
 
 def main(argv=None) -> int:
-    from instructpart_dataset.cli_errors import check_writable, run_command
+    from instructpart_dataset.toolbox.cli_errors import check_writable, run_command
 
     args = parse_args(argv)
 

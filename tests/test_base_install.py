@@ -58,7 +58,7 @@ try:
 except ImportError as error:
     uses["report"] = str(error)
 try:
-    from pisa_model.testing import tiny_pisa
+    from pisa_model.tiny import tiny_pisa
 
     tiny_pisa(lora_rank=2)
     uses["lora"] = None

@@ -1,4 +1,4 @@
-"""One error convention for every command (instructpart_dataset/cli_errors.py), run as a user runs them: a
+"""One error convention for every command (instructpart_dataset/toolbox/cli_errors.py), run as a user runs them: a
 fresh interpreter whose stderr is a pipe. Bad input exits 2, a failed write exits 1, and stderr is exactly
 one line `<prog>: error: <path>: <what>`, never a traceback; nothing is left where the output would go."""
 

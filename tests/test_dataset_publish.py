@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from instructpart_dataset.files import OutputBusyError, publish_folder
+from instructpart_dataset.toolbox.files import OutputBusyError, publish_folder
 
 
 def test_a_folder_taken_meanwhile_by_another_program_is_left_as_it_is(tmp_path):

@@ -5,7 +5,7 @@ import torch
 
 from instructpart_dataset.schema import CONFIGS
 from pisa_model.data import PisaCollator, load_rows, parse_configs
-from pisa_model.testing import tiny_processor
+from pisa_model.tiny import tiny_processor
 
 
 def test_load_rows_concatenates_the_configs(release_dir):

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from pisa_model import PisaForPartSegmentation
 from pisa_model.data import load_rows
 from pisa_model.evaluate import main as evaluate_main
-from pisa_model.testing import save_tiny_pisa
+from pisa_model.tiny import save_tiny_pisa
 from pisa_model.train import main as train_main
 from pisa_model.train import train
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pisa_model.pipeline_pisa import PisaPartSegmentationPipeline
 from pisa_model.processing_pisa import MAX_ASPECT_RATIO, as_rgb_image
-from pisa_model.testing import tiny_pisa
+from pisa_model.tiny import tiny_pisa
 
 INSTRUCTION = "lid of the kettle"
 

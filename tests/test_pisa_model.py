@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
 from pisa_model import PisaConfig, PisaForPartSegmentation
-from pisa_model.testing import tiny_pisa, tiny_pisa_config
+from pisa_model.tiny import tiny_pisa, tiny_pisa_config
 
 
 def _samples(count, seed=0, size=(120, 100)):

@@ -8,7 +8,7 @@ from PIL import Image
 from instructpart_dataset.synthetic import render_object
 from pisa_model import PisaProcessor
 from pisa_model.processing_pisa import DEFAULT_ANSWER, DEFAULT_PROMPT_TEMPLATE
-from pisa_model.testing import tiny_processor
+from pisa_model.tiny import tiny_processor
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from pisa_model import PisaForPartSegmentation
-from pisa_model.testing import save_tiny_components, tiny_pisa
+from pisa_model.assembly import from_components
+from pisa_model.tiny import save_tiny_components, tiny_pisa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fresh_process import run_isolated  # noqa: E402
+from instructpart_dataset.toolbox.fresh_process import run_isolated  # noqa: E402
 
 # Runs under fresh_process.run_isolated: our packages are unimportable there, as for a user of the Hub repo.
 FRESH_PROCESS = """
@@ -92,7 +93,7 @@ def test_from_components_copies_the_pretrained_parts(tmp_path):
     llava_path, dinov2_path, sam_path = save_tiny_components(str(tmp_path / "parts"))
     from transformers import Dinov2Model, LlavaForConditionalGeneration, SamModel
 
-    model = PisaForPartSegmentation.from_components(llava_path, dinov2_path, sam_path, mask_input_size=64, lora_rank=0)
+    model = from_components(llava_path, dinov2_path, sam_path, mask_input_size=64, lora_rank=0)
     processor = model.processor
     assert processor.tokenizer.convert_ids_to_tokens(model.config.seg_token_id) == "[SEG]"
     assert model.config.seg_token_id == processor.seg_token_id == len(processor.tokenizer) - 1

@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
 from pisa_model import PisaForPartSegmentation
-from pisa_model.modeling_pisa import merge_lora_state_dict, read_sam_prompt_weights
-from pisa_model.testing import REAL_STORED_DTYPES, save_tiny_components, tiny_pisa, tiny_pisa_config
+from pisa_model.assembly import from_components, merge_lora_state_dict, read_sam_prompt_weights, save_merged
+from pisa_model.tiny import REAL_STORED_DTYPES, save_tiny_components, tiny_pisa, tiny_pisa_config
 
 
 def _samples(count, seed=0):
@@ -50,9 +50,7 @@ def test_mixed_stored_dtypes_assemble_and_predict(mixed_components):
     masks = {}
     for dtype in (None, torch.bfloat16, torch.float16):
         torch.manual_seed(0)
-        model = PisaForPartSegmentation.from_components(
-            llava, dinov2, sam, mask_input_size=64, lora_rank=8, dtype=dtype
-        )
+        model = from_components(llava, dinov2, sam, mask_input_size=64, lora_rank=8, dtype=dtype)
         trainable = {p.dtype for p in model.parameters() if p.requires_grad}
         frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
         assert trainable == {torch.float32}
@@ -91,7 +89,7 @@ def test_from_components_reads_only_the_sam_prompt_encoder_and_mask_decoder(mixe
 
     monkeypatch.setattr(SamModel, "from_pretrained", refuse)
     llava, dinov2, _ = mixed_components
-    model = PisaForPartSegmentation.from_components(llava, dinov2, sam, mask_input_size=64)
+    model = from_components(llava, dinov2, sam, mask_input_size=64)
     assert torch.equal(model.mask_decoder.iou_token.weight, whole.mask_decoder.iou_token.weight)
 
 
@@ -161,7 +159,7 @@ def test_merged_lora_checkpoint_predicts_like_the_adapters(tmp_path):
         if isinstance(module, peft.tuners.lora.LoraLayer):
             expected = module.get_base_layer().weight + module.get_delta_weight("default")
             assert torch.allclose(merged[name + ".weight"], expected, atol=1e-6), name
-    model.save_pretrained(tmp_path, merge_lora=True)
+    save_merged(model, tmp_path)
     assert model.config.lora_rank == 4  # the model in memory is unchanged
     with open(tmp_path / "config.json") as handle:
         assert json.load(handle)["lora_rank"] == 0
@@ -332,9 +330,7 @@ def test_gpu_check_tiny_trains_mixed_dtype_parts_in_bf16_and_evaluates_both_mode
 
     llava, dinov2, sam = (str(work / "components" / name) for name in ("llava", "dinov2", "sam"))
     set_seed(0)  # as pisa_model.train does before building the model
-    start = PisaForPartSegmentation.from_components(
-        llava, dinov2, sam, mask_input_size=64, dtype=torch.bfloat16, lora_rank=8, lora_alpha=16
-    )
+    start = from_components(llava, dinov2, sam, mask_input_size=64, dtype=torch.bfloat16, lora_rank=8, lora_alpha=16)
     trainable = {name for name, param in start.named_parameters() if param.requires_grad}
     assert any("lora_A" in name for name in trainable)
     with safe_open(str(work / "trained" / "model.safetensors"), "pt") as handle:
@@ -354,7 +350,7 @@ def test_model_card_says_which_answer_mode_produced_each_number(tmp_path):
     from instructpart_metric import StreamingScorer
     from instructpart_metric.results import build_results
     from pisa_model.model_card import render_model_card
-    from pisa_model.testing import save_tiny_pisa
+    from pisa_model.tiny import save_tiny_pisa
 
     folder = save_tiny_pisa(str(tmp_path / "model"))
     scorer = StreamingScorer()

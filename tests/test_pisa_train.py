@@ -72,7 +72,7 @@ def test_train_saves_a_checkpoint_that_loads_and_logs_metrics(release_dir, tmp_p
     assert [line["step"] for line in lines] == [1, 2, 3]
     assert all({"loss", "lm_loss", "mask_bce_loss", "mask_dice_loss", "lr"} <= set(line) for line in lines)
     # Training changed the trainable weights and left the frozen ones alone.
-    from pisa_model.testing import tiny_pisa
+    from pisa_model.tiny import tiny_pisa
 
     start, _ = tiny_pisa(seed=0)
     trained = _weights(out)

@@ -82,7 +82,7 @@ def test_evaluate_adapter_arg_reaches_the_adapter(release_dir, tmp_path):
 
 def test_evaluate_dtype_bfloat16_predicts_with_a_bfloat16_model(release_dir, tmp_path):
     from pisa_model import PisaForPartSegmentation
-    from pisa_model.testing import save_tiny_pisa
+    from pisa_model.tiny import save_tiny_pisa
 
     checkpoint = str(tmp_path / "tiny-pisa")
     save_tiny_pisa(checkpoint)

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import upload  # noqa: E402
-from fresh_process import run_isolated, serve_isolated  # noqa: E402
+from instructpart_dataset.toolbox.fresh_process import run_isolated, serve_isolated  # noqa: E402
 
 # The number of images Gradio shows from its file route (uploads, examples and results), loaded and laid out.
 FILE_IMAGES = (
@@ -71,7 +71,7 @@ def shown_images(page) -> list:
 
 @pytest.fixture(scope="module")
 def pisa_space(tmp_path_factory):
-    from pisa_model.testing import save_tiny_pisa
+    from pisa_model.tiny import save_tiny_pisa
 
     root = tmp_path_factory.mktemp("pisa-space")
     checkpoint = save_tiny_pisa(str(root / "checkpoint"))

@@ -18,8 +18,6 @@ MODULE_PATHS = {
     ("transformers.models.sam.modeling_sam", "SamPromptEncoder"): "SAM's parts are not exported at the top level",
     ("transformers.models.sam.modeling_sam", "SamPositionalEmbedding"): "SAM's parts are not exported at the top level",
     ("transformers.utils", "ModelOutput"): "the documented path of ModelOutput",
-    ("transformers.utils", "cached_file"): "a local folder's or Hub repo's file, resolved as from_pretrained does "
-    "(from_components reads SAM's prompt-encoder and mask-decoder tensors only)",
     ("transformers.image_utils", "load_image"): "the documented path of load_image",
     ("transformers.dynamic_module_utils", "custom_object_save"): "what save_pretrained runs for remote code",
     ("huggingface_hub.dataclasses", "strict"): "the documented path of strict config dataclasses",

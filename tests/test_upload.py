@@ -14,7 +14,7 @@ sys.path.insert(0, ROOT)
 from fake_hub import FakeHub  # noqa: E402
 
 import upload  # noqa: E402
-from fresh_process import IsolatedRunError, run_isolated  # noqa: E402
+from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_space_requirements_are_the_packages_own_ranges(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from pisa_model.testing import save_tiny_pisa
+    from pisa_model.tiny import save_tiny_pisa
 
     folder = str(tmp_path_factory.mktemp("tiny-pisa"))
     save_tiny_pisa(folder)

@@ -51,7 +51,7 @@ PICKLES = {
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from pisa_model.testing import save_tiny_pisa
+    from pisa_model.tiny import save_tiny_pisa
 
     folder = str(tmp_path_factory.mktemp("tiny-pisa"))
     save_tiny_pisa(folder)

@@ -331,7 +331,7 @@ def save_tiny_vlm(folder: str, seed: int = 0) -> str:
 
 def save_tiny_checkpoints(root: str, seed: int = 0) -> dict:
     """Every tiny checkpoint above, plus a tiny PISA, in subfolders of `root`: `{name: folder}`."""
-    from pisa_model.testing import save_tiny_pisa
+    from pisa_model.tiny import save_tiny_pisa
 
     builders = {
         "clipseg": save_tiny_clipseg,

@@ -21,7 +21,10 @@ import time
 import urllib.error
 import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The folder that holds this project's packages: in a source checkout it is the checkout (where upload.py sits too)
+# and is dropped from the fresh interpreter's path; in an installed copy it is site-packages, which stays.
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_DROPPED_PATHS = ("", ".") + ((PROJECT_ROOT,) if os.path.isfile(os.path.join(PROJECT_ROOT, "upload.py")) else ())
 OUR_PACKAGES = ("instructpart_dataset", "instructpart_metric", "pisa_model")
 
 _PRELUDE = f"""
@@ -31,7 +34,7 @@ class _NoProjectImports:
         if name.split(".")[0] in {OUR_PACKAGES!r}:
             raise ModuleNotFoundError(name + " is not importable here: this check runs as a user of the Hub repo")
 sys.meta_path.insert(0, _NoProjectImports())
-sys.path = [p for p in sys.path if p not in ("", ".", {HERE!r})]
+sys.path = [p for p in sys.path if p not in {_DROPPED_PATHS!r}]
 """
 
 

@@ -197,7 +197,7 @@ def save_tiny_pisa(folder: str, seed: int = 0, **config_overrides) -> str:
 def save_tiny_components(folder: str, seed: int = 0, dtypes: dict | None = None):
     """Save tiny random LLaVA (+ its processor, tokenizer without [SEG]), DINOv2 (+ image processor) and SAM
     checkpoints under `folder`, laid out like llava-hf/llava-1.5-7b-hf, facebook/dinov2-large and
-    facebook/sam-vit-huge, for `PisaForPartSegmentation.from_components`. Returns the three folders.
+    facebook/sam-vit-huge, for `pisa_model.assembly.from_components`. Returns the three folders.
 
     `dtypes` maps "llava" / "dinov2" / "sam" to the dtype each is stored in (default float32);
     `REAL_STORED_DTYPES` are the real checkpoints' (LLaVA float16, DINOv2 and SAM float32)."""
