@@ -9,10 +9,12 @@
    generated).
 
 It prints the losses (and whether they are finite), train and predict samples/s, the peak GPU memory of training
-and of prediction, and `pisa_model.budget`'s estimate for the same flags next to the measured training peak; it
-exits 1 when a loss is not finite or a mask has the wrong size.
+and of prediction, `pisa_model.budget`'s estimate for the same flags next to the measured training peak, the wall
+time of each phase and the disk used; it exits 1 when a loss is not finite or a mask has the wrong size, and 2 before
+starting when the work folder's file system has less free space than the check writes (`disk_needed`). It never
+imports `datasets`: on a node without it, the release folder is read from its files (`pisa_model.data.load_rows`).
 
-    bash bench/gpu_check.sh                   # on a machine with a CUDA GPU (meant to finish within 8 minutes on one H200)
+    bash bench/gpu_check.sh                   # on a machine with a CUDA GPU (meant to finish within 8 minutes on one H100)
     bash bench/gpu_check.sh --tiny            # the same steps with tiny components on CPU (CI runs it)
 """
 
@@ -171,6 +173,62 @@ def print_versions() -> None:
     )
 
 
+# Besides the components and the trained checkpoint: the generated release, caches, predictions, logs.
+DISK_MARGIN = {"full": 2 * 2**30, "tiny": 256 * 2**20}
+WALL_BUDGET_S = 480  # the whole check on one H100, writing the components included
+
+
+def _stored_bytes(model_class, config, dtype: torch.dtype) -> int:
+    """Bytes of `model_class(config)`'s state dict saved in `dtype`, counted on the meta device."""
+    with torch.device("meta"):
+        model = model_class(config)
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(tensor.numel() * size for tensor in model.state_dict().values())
+
+
+def disk_needed(tiny: bool) -> dict:
+    """{what: bytes} the check writes: the three full-size components in their stored dtypes, the trained
+    checkpoint (frozen weights in bfloat16, trainable ones in float32: the dtype policy it is saved under) and a
+    margin; with --tiny the margin alone (its tiny files are a few MB)."""
+    if tiny:
+        return {"other": DISK_MARGIN["tiny"]}
+    from transformers import Dinov2Config, Dinov2Model, LlavaConfig, LlavaForConditionalGeneration, SamConfig, SamModel
+
+    from pisa_model.budget import _read_config, count_parameters, full_size_config
+    from pisa_model.tiny import REAL_STORED_DTYPES
+
+    components = _stored_bytes(
+        LlavaForConditionalGeneration,
+        LlavaConfig.from_dict(_read_config("llava-1.5-7b-hf")),
+        REAL_STORED_DTYPES["llava"],
+    )
+    components += _stored_bytes(
+        Dinov2Model, Dinov2Config.from_dict(_read_config("dinov2-large")), REAL_STORED_DTYPES["dinov2"]
+    )
+    components += _stored_bytes(SamModel, SamConfig.from_dict(_read_config("sam-vit-huge")), REAL_STORED_DTYPES["sam"])
+    checkpoint = count_parameters(full_size_config(lora_rank=8), torch.bfloat16)[2]
+    return {"components": components, "checkpoint": checkpoint, "other": DISK_MARGIN["full"]}
+
+
+def refuse_without_disk(folder: str, needed: int):
+    """The one-line refusal when the file system of `folder` (or its nearest existing parent) has less than
+    `needed` bytes free; None when it has enough."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if free >= needed:
+        return None
+    return (
+        f"bench/gpu_check.sh: error: {existing}: {_size(free)} free, the check writes {_size(needed)} "
+        "(--work-dir elsewhere, or free some space)"
+    )
+
+
+def _folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(parent, name)) for parent, _, names in os.walk(folder) for name in names)
+
+
 def _size(count: int) -> str:
     return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
@@ -196,10 +254,17 @@ def main(argv=None):
     from pisa_model.evaluate import evaluate_model
     from pisa_model.tiny import REAL_STORED_DTYPES, save_tiny_components
 
+    needed = disk_needed(args.tiny)
+    refusal = refuse_without_disk(args.work_dir or tempfile.gettempdir(), sum(needed.values()))
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
+    print("disk needed: " + ", ".join(f"{what} {_size(count)}" for what, count in needed.items()))
     work = args.work_dir or tempfile.mkdtemp(prefix="pisa-gpu-check-")
     os.makedirs(work, exist_ok=True)
     os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(work, "datasets-cache"))
-    failures = []
+    failures, phases = [], {}
+    check_started = time.perf_counter()
     try:
         started = time.perf_counter()
         if args.tiny:
@@ -208,21 +273,25 @@ def main(argv=None):
         else:
             components = save_full_size_components(os.path.join(work, "components"), device)
             mask_input_size = None
+        phases["write components"] = time.perf_counter() - started
         print(
             f"components ({'tiny' if args.tiny else 'full size'}, LLaVA float16, DINOv2 float32, SAM float32) "
-            f"saved in {time.perf_counter() - started:.0f} s"
+            f"saved in {phases['write components']:.0f} s"
         )
+        started = time.perf_counter()
         release = make_release(os.path.join(work, "release"), seed=0, num_train=24, num_test=args.test_rows)
+        phases["generate release"] = time.perf_counter() - started
 
         output = os.path.join(work, "trained")
         shutil.rmtree(output, ignore_errors=True)
         started = time.perf_counter()
         metrics, closing = train(args, components, release, output, mask_input_size)
+        phases["train command"] = time.perf_counter() - started
         losses = [line["loss"] for line in metrics]
         finite = all(math.isfinite(value) for value in losses)
         if not finite:
             failures.append("a training loss is not finite")
-        print(f"train command: {time.perf_counter() - started:.0f} s wall (launch and loading included)")
+        print(f"train command: {phases['train command']:.0f} s wall (launch, loading and saving included)")
         print(f"train losses: {', '.join(f'{value:.4f}' for value in losses)}; finite: {'yes' if finite else 'no'}")
         print(f"train: {closing.removeprefix('pisa_model.train: trained ')}")
 
@@ -236,11 +305,14 @@ def main(argv=None):
             + (f"{float(measured.group(1)):.2f} GiB" if measured else "n/a (no GPU)")
         )
 
+        started = time.perf_counter()
         # As `pisa_model.evaluate --dtype bfloat16` loads it (the checkpoint itself says float32: it mixes dtypes).
         model = PisaForPartSegmentation.from_pretrained(output, dtype=torch.bfloat16).to(device).eval()
         dataset = load_rows(release, configs="trps", split="test")  # read without datasets where it is missing
         dataset = dataset.select(range(min(args.test_rows, len(dataset))))
+        phases["load trained model"] = time.perf_counter() - started
         for generate in (False, True):
+            started = time.perf_counter()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             adapter = PisaAdapter(model, name="trained", generate=generate)
@@ -258,6 +330,18 @@ def main(argv=None):
                 line += f"; answers with [SEG]: {with_seg}/{len(extras['records'])}"
                 line += f"; first answer: {extras['records'][0]['answer']!r}"
             print(line)
+            phases[f"predict {adapter.answer_mode}"] = time.perf_counter() - started
+        del model
+        total = time.perf_counter() - check_started
+        print("wall time per phase: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items()))
+        print(f"wall time: {total:.0f} s" + ("" if args.tiny else f" (budget {WALL_BUDGET_S} s on one H100)"))
+        used = {name: _folder_bytes(os.path.join(work, name)) for name in ("components", "trained")}
+        used["other"] = _folder_bytes(work) - sum(used.values())
+        print(
+            f"disk used: {_size(sum(used.values()))} in {work} ("
+            + ", ".join(f"{name} {_size(count)}" for name, count in used.items())
+            + f"; estimated {_size(sum(needed.values()))})"
+        )
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
