@@ -166,6 +166,33 @@ def rank_against_published(models: dict) -> dict:
     return ranks
 
 
+# Model specs that run a published method itself (its authors' released weights, proven equal to their code),
+# keyed by the spec's prefix: such a model is that paper row's system, not a competitor of it.
+SAME_SYSTEM_PREFIXES = {"lisa:": "LISA"}
+
+
+def published_counterpart(name: str) -> str | None:
+    """The published method a model named `name` (an adapter spec) is the same system as, e.g. "LISA" for
+    `lisa:xinlai/LISA-7B-v1`; None for any other model."""
+    for prefix, method in SAME_SYSTEM_PREFIXES.items():
+        if str(name).lower().startswith(prefix):
+            return method
+    return None
+
+
+def same_system_lines(names) -> list:
+    """One line per model that is a published method's own system, linking it to that row."""
+    lines = []
+    for name in names:
+        method = published_counterpart(name)
+        if method is not None:
+            lines.append(
+                f"{name} runs {method} as {method}'s own code does: converted from the released weights, it is the same "
+                f"system as the published {method} row, whose values it should match on the full test split"
+            )
+    return lines
+
+
 def rank_lines(ranks: dict) -> list:
     """`"gIoU TRPS-human: 3rd of 11"` per column (ties say with whom), one line per model and column group."""
     lines = []
@@ -224,6 +251,7 @@ def format_paper_table(models: dict, orps_form: str = DEFAULT_ORPS_FORM, *, publ
     notes = [orps_form_note(orps_form)]
     if published:
         notes.append(f"Published rows: {PUBLISHED_SOURCE}. * = yours, on the split named above.")
+        notes += same_system_lines(models)
         notes += rank_lines(rank_against_published(models))
     return "\n".join(lines + notes)
 
@@ -250,6 +278,7 @@ def format_paper_markdown(models: dict, orps_form: str = DEFAULT_ORPS_FORM, *, p
     notes = ["", orps_form_note(orps_form) + "."]
     if published:
         notes.append(f"Published rows: {PUBLISHED_SOURCE}.")
+        notes += same_system_lines(models)
         notes += [
             "",
             *(f"- {line.strip()}" for line in rank_lines(rank_against_published(models)) if line.startswith("  ")),

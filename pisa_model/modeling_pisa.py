@@ -6,6 +6,10 @@
                                                                                                         │
                                          low-res mask logits (4x the patch grid) <──────────────────────┘
 
+LISA is the same model with `mask_encoder="sam"`: the mask branch's frozen image encoder is SAM's own ViT and neck
+(1024 px, a 64x64 embedding) instead of DINOv2 + neck; its original LLaVA v1 language side has one linear
+projector (`projector_type="linear"`, `PisaLinearProjector`). Everything else is shared.
+
 This file travels with saved checkpoints (`trust_remote_code=True`) and holds the model only: it imports only
 torch, transformers and its sibling files that travel too (peft only when LoRA is on). What runs only when a
 model is built or converted (assembling pretrained parts, folding LoRA in) lives in `assembly.py`, which does not
@@ -36,7 +40,12 @@ from transformers import (
     SamConfig,
     SamVisionConfig,
 )
-from transformers.models.sam.modeling_sam import SamMaskDecoder, SamPositionalEmbedding, SamPromptEncoder
+from transformers.models.sam.modeling_sam import (
+    SamMaskDecoder,
+    SamPositionalEmbedding,
+    SamPromptEncoder,
+    SamVisionEncoder,
+)
 from transformers.utils import ModelOutput
 
 from .configuration_pisa import PisaConfig
@@ -64,7 +73,7 @@ class PisaSegmentationOutput(ModelOutput):
     iou_scores (`torch.FloatTensor` of shape `(batch_size, 1)`): the SAM decoder's IoU head (untrained by PISA).
     seg_embeddings (`torch.FloatTensor` of shape `(batch_size, decoder_hidden_size)`): the projected `[SEG]` states.
     image_embeddings (`torch.FloatTensor` of shape `(batch_size, decoder_hidden_size, grid, grid)`):
-        fused DINOv2 features, the decoder's image embedding.
+        the decoder's image embedding: fused DINOv2 features, or SAM's image embedding with `mask_encoder="sam"`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -114,6 +123,25 @@ class PisaFeatureNeck(nn.Module):
         projected = [proj(fmap.permute(0, 2, 3, 1)) for proj, fmap in zip(self.layer_projections, feature_maps)]
         fused = self.fuse(torch.cat(projected, dim=-1)) if self.fuse is not None else torch.stack(projected).sum(0)
         return self.layer_norm(fused).permute(0, 3, 1, 2)
+
+
+class PisaLinearProjector(nn.Module):
+    """Original LLaVA v1's multimodal projector, one `Linear(vision_hidden, text_hidden)` (LISA's `mm_projector`),
+    which `LlavaConfig` cannot express (its projector is always Linear -> act -> Linear). Used in place of
+    `LlavaMultiModalProjector` when `config.projector_type == "linear"`."""
+
+    def __init__(self, config: PisaConfig):
+        super().__init__()
+        llava = config.llava_config
+        self.linear = nn.Linear(
+            llava.vision_config.hidden_size,
+            llava.text_config.hidden_size,
+            bias=getattr(llava, "multimodal_projector_bias", True),
+        )
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(batch, image_tokens, vision_hidden) -> (batch, image_tokens, text_hidden)."""
+        return self.linear(image_features)
 
 
 class PisaTextProjection(nn.Module):
@@ -166,7 +194,13 @@ class PisaPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = ["SamMaskDecoder", "PisaFeatureNeck", "PisaTextProjection", "SamPromptEncoder"]  # noqa: RUF012
+    _no_split_modules = [  # noqa: RUF012
+        "SamMaskDecoder",
+        "PisaFeatureNeck",
+        "PisaTextProjection",
+        "SamPromptEncoder",
+        "SamVisionEncoder",
+    ]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -183,9 +217,13 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
     `llava` and `dinov2` may be given as already-built (e.g. pretrained) modules, as `EncoderDecoderModel` does;
     otherwise they are built from the config. `pisa_model.assembly.from_components` assembles pretrained parts.
 
+    The mask branch's image encoder follows `config.mask_encoder`: `"dinov2"` (PISA) builds `dinov2` (frozen) and
+    `feature_neck`; `"sam"` (LISA) builds `vision_encoder`, SAM's frozen ViT and neck (`SamVisionEncoder`), and no
+    DINOv2. With `config.projector_type == "linear"` LLaVA's projector is a `PisaLinearProjector`.
+
     Trainable: LLaVA's language model (or its LoRA adapters + embeddings + LM head), the `[SEG]` text projection,
-    the feature neck and SAM's mask decoder. Frozen: DINOv2, SAM's prompt encoder, LLaVA's vision tower and
-    projector (`freeze_vision_tower`), and the decoder heads a single-mask output never reads.
+    the feature neck and SAM's mask decoder. Frozen: DINOv2 or SAM's image encoder, SAM's prompt encoder, LLaVA's
+    vision tower and projector (`freeze_vision_tower`), and the decoder heads a single-mask output never reads.
 
     Attribute `processor` (not saved in the weights): the `PisaProcessor` that `predict` uses; `save_pretrained`
     writes it next to the weights and `from_pretrained` loads it back lazily from the same folder.
@@ -195,10 +233,20 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         super().__init__(config)
         config = self.config  # PreTrainedModel may hold a copy: build from (and update) the one it keeps
         self.llava = llava if llava is not None else LlavaForConditionalGeneration(config.llava_config)
-        self.dinov2 = dinov2 if dinov2 is not None else Dinov2Backbone(config.dinov2_config)
         # Given modules keep their own (already resolved) configs: make the composite config hold those objects.
-        config.llava_config, config.dinov2_config = self.llava.config, self.dinov2.config
-        self.feature_neck = PisaFeatureNeck(config)
+        config.llava_config = self.llava.config
+        if config.projector_type == "linear" and not isinstance(
+            self.llava.model.multi_modal_projector, PisaLinearProjector
+        ):
+            self.llava.model.multi_modal_projector = PisaLinearProjector(config)
+        if config.mask_encoder == "sam":
+            if dinov2 is not None:
+                raise ValueError('a DINOv2 module was given to a model with mask_encoder="sam"')
+            self.vision_encoder = SamVisionEncoder(config.sam_vision_config)
+        else:
+            self.dinov2 = dinov2 if dinov2 is not None else Dinov2Backbone(config.dinov2_config)
+            config.dinov2_config = self.dinov2.config
+            self.feature_neck = PisaFeatureNeck(config)
         self.text_projection = PisaTextProjection(config)
         # The decoder's attention blocks read the implementation from their own config (as in SamModel).
         config.mask_decoder_config._attn_implementation = config._attn_implementation
@@ -227,7 +275,7 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
 
     def _set_trainable(self):
         """Freeze what PISA never trains; `requires_grad` is the single source of truth for the optimizer."""
-        frozen = [self.dinov2, self.prompt_encoder, self.mask_decoder.iou_prediction_head]
+        frozen = [self.mask_image_encoder, self.prompt_encoder, self.mask_decoder.iou_prediction_head]
         frozen += list(self.mask_decoder.output_hypernetworks_mlps[1:])  # multimask heads: unread with one mask
         if self.config.freeze_vision_tower:
             frozen += [self.llava.model.vision_tower, self.llava.model.multi_modal_projector]
@@ -269,9 +317,14 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
     @property
+    def mask_image_encoder(self) -> nn.Module:
+        """The mask branch's frozen image encoder: DINOv2 (PISA) or SAM's ViT (`mask_encoder="sam"`, LISA)."""
+        return self.vision_encoder if self.config.mask_encoder == "sam" else self.dinov2
+
+    @property
     def compute_dtype(self) -> torch.dtype:
-        """The dtype the frozen parts run in: DINOv2's (always frozen). Image inputs are cast to it."""
-        return next(self.dinov2.parameters()).dtype
+        """The dtype the frozen parts run in: the mask image encoder's (always frozen). Image inputs are cast to it."""
+        return next(self.mask_image_encoder.parameters()).dtype
 
     def autocast_if_mixed(self):
         """An autocast to the compute dtype when the parameters hold several floating dtypes and no autocast is
@@ -304,13 +357,16 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         return encoding.permute(2, 0, 1).unsqueeze(0)
 
     def get_image_embeddings(self, mask_pixel_values: torch.Tensor) -> torch.Tensor:
-        """(batch, 3, S, S) -> fused frozen-DINOv2 features (batch, decoder_hidden, S / patch, S / patch)."""
+        """(batch, 3, S, S) -> the decoder's image embedding (batch, decoder_hidden, S / patch, S / patch): fused
+        frozen-DINOv2 features, or the frozen SAM encoder's embedding with `mask_encoder="sam"`."""
         size = self.config.mask_input_size
         if mask_pixel_values.ndim != 4 or tuple(mask_pixel_values.shape[-2:]) != (size, size):
             raise ValueError(
                 f"mask_pixel_values must have shape (batch, 3, {size}, {size}), got {tuple(mask_pixel_values.shape)}"
             )
         with torch.no_grad():
+            if self.config.mask_encoder == "sam":
+                return self.vision_encoder(mask_pixel_values).last_hidden_state
             feature_maps = self.dinov2(mask_pixel_values).feature_maps
         return self.feature_neck(feature_maps)
 
@@ -574,6 +630,8 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
                 num_beams=1,
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
+                # The image placeholder is an input-only token (original LLaVA has no such row at all): never an answer.
+                suppress_tokens=[self.llava.config.image_token_id],
             )
         answers, segmented, has_seg = [], [], []
         for row, tokens in enumerate(sequences[:, width:].tolist()):

@@ -17,6 +17,8 @@ MODULE_PATHS = {
     ("transformers.models.sam.modeling_sam", "SamMaskDecoder"): "SAM's parts are not exported at the top level",
     ("transformers.models.sam.modeling_sam", "SamPromptEncoder"): "SAM's parts are not exported at the top level",
     ("transformers.models.sam.modeling_sam", "SamPositionalEmbedding"): "SAM's parts are not exported at the top level",
+    ("transformers.models.sam.modeling_sam", "SamVisionEncoder"): "SAM's parts are not exported at the top level "
+    "(SamVisionModel wraps it in a PreTrainedModel, adding a level to every weight name)",
     ("transformers.utils", "ModelOutput"): "the documented path of ModelOutput",
     ("transformers.image_utils", "load_image"): "the documented path of load_image",
     ("transformers.dynamic_module_utils", "custom_object_save"): "what save_pretrained runs for remote code",

@@ -34,6 +34,13 @@ ADAPTER_SPECS = (
         "_centre_ellipse",
     ),
     AdapterSpec("pisa", "PATH | pisa:PATH", "a PISA checkpoint (a folder, or pisa:REPO_ID)", "pisa", "_pisa"),
+    AdapterSpec(
+        "lisa",
+        "lisa:PATH_OR_REPO",
+        "LISA as released (xinlai/LISA-7B-v1, ...), converted once; the paper's LISA row",
+        "lisa",
+        "_lisa",
+    ),
     AdapterSpec("clipseg", "clipseg:CKPT", "CLIPSeg with the instruction as its text prompt", "clipseg", "_clipseg"),
     AdapterSpec(
         "grounded-sam",
