@@ -190,6 +190,27 @@ def resolve(have: dict, python_version: str, platforms: tuple, log=print) -> tup
     return bundled, from_target
 
 
+def build_project_wheel(destination: str) -> None:
+    """`pip wheel --no-deps` of this checkout, built from a copy of its files (those git tracks or would track),
+    so that setuptools' build/ and egg-info folders land in the copy, not in the checkout."""
+    listing = subprocess.run(
+        ["git", "-C", ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        capture_output=True,
+        check=False,
+    )
+    with tempfile.TemporaryDirectory() as tree:
+        if listing.returncode == 0:
+            for name in filter(None, listing.stdout.decode().split("\0")):
+                source = os.path.join(ROOT, name)
+                if os.path.isfile(source):  # a tracked file deleted in the work tree is left out
+                    os.makedirs(os.path.dirname(os.path.join(tree, name)), exist_ok=True)
+                    shutil.copy2(source, os.path.join(tree, name))
+        else:  # not a git checkout (an unpacked source archive): its files less the usual build leftovers
+            ignored = shutil.ignore_patterns(".venv*", "build", "dist", "*.egg-info", "__pycache__", "out")
+            shutil.copytree(ROOT, tree, ignore=ignored, dirs_exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", destination, tree], check=True)
+
+
 def build(args) -> int:
     platforms = tuple(args.platform or DEFAULT_PLATFORMS)
     output = os.path.abspath(args.dir)
@@ -209,12 +230,7 @@ def build(args) -> int:
             command += _pip_target_options(args.python_version, platforms)
             command += [f"{name}=={version}" for name, version in sorted(bundled.items())]
             subprocess.run(command, check=True)
-        with tempfile.TemporaryDirectory() as build_dir:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", staging, ROOT],
-                check=True,
-                cwd=build_dir,
-            )
+        build_project_wheel(staging)
         wheels = sorted(name for name in os.listdir(staging) if name.endswith(".whl"))
         names = [canonicalize_name(parse_wheel_filename(name)[0]) for name in wheels]
         repeated = sorted({name for name in names if names.count(name) > 1})

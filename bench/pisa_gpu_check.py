@@ -43,6 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--test-rows", type=int, default=16, help="rows evaluated in each answer mode")
     parser.add_argument("--work-dir", default=None, help="keep the components, release and checkpoint here")
+    parser.add_argument("--no-lisa", action="store_true", help="skip the LISA pass")
     return parser.parse_args(argv)
 
 
@@ -96,6 +97,114 @@ def save_full_size_components(folder: str, device: torch.device):
         paths[1]
     )
     return paths
+
+
+def save_lisa(folder: str, device: torch.device, tiny: bool) -> str:
+    """A random LISA in the layout `python -m pisa_model.convert_lisa` writes, saved in bfloat16 throughout (what the
+    converter keeps of LISA-7B-v1's bfloat16 release): full size from `budget.lisa_full_size_config` (LLaMA-7B,
+    CLIP ViT-L/14-224, linear projector, SAM-H's encoder at 1024 px; 32,004 rows), or tiny. It carries LISA's prompt,
+    answer and preprocessing with the tiny word-level tokenizer plus LISA's `<im_start>`/`<im_end>`."""
+    from transformers import AddedToken, CLIPImageProcessorPil, SamImageProcessorPil
+
+    from pisa_model import PisaForPartSegmentation, PisaProcessor
+    from pisa_model.budget import lisa_full_size_config
+    from pisa_model.convert_lisa import LISA_ANSWER, LISA_PROMPT_TEMPLATE, SAM_IMAGE_MEAN, SAM_IMAGE_STD
+    from pisa_model.tiny import (
+        TINY_LLAVA_IMAGE_SIZE,
+        TINY_MASK_DECODER,
+        TINY_PROMPT_ENCODER,
+        tiny_pisa_config,
+        tiny_tokenizer,
+    )
+
+    tokenizer = tiny_tokenizer(with_seg=True)
+    tokenizer.add_tokens([AddedToken(t, normalized=False, special=True) for t in ("<im_start>", "<im_end>")], True)
+    ids = {"image_token_index": tokenizer.convert_tokens_to_ids("<image>")}
+    if tiny:
+        sam_vision = dict(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=8, output_channels=32
+        )
+        sam_vision.update(global_attn_indexes=[1], num_pos_feats=16, mlp_dim=32)
+        config = tiny_pisa_config(
+            tokenizer,
+            mask_encoder="sam",
+            projector_type="linear",
+            sam_vision_config=sam_vision,
+            prompt_encoder_config=TINY_PROMPT_ENCODER,
+            mask_decoder_config=TINY_MASK_DECODER,
+        )
+        clip_size = TINY_LLAVA_IMAGE_SIZE
+    else:
+        config = lisa_full_size_config()
+        clip_size = config.llava_config.vision_config.image_size
+    config.llava_config.image_token_index = ids["image_token_index"]
+    config.seg_token_id = tokenizer.convert_tokens_to_ids("[SEG]")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(config.llava_config.text_config, name, getattr(tokenizer, name))
+    with torch.device(device):
+        model = PisaForPartSegmentation(config).to(torch.bfloat16)
+    size = config.mask_input_size
+    model.processor = PisaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": clip_size}, crop_size={"height": clip_size, "width": clip_size}
+        ),
+        mask_image_processor=SamImageProcessorPil(
+            size={"longest_edge": size},
+            pad_size={"height": size, "width": size},
+            mask_size={"longest_edge": size},
+            mask_pad_size={"height": size, "width": size},
+            image_mean=SAM_IMAGE_MEAN,
+            image_std=SAM_IMAGE_STD,
+        ),
+        tokenizer=tokenizer,
+        prompt_template=LISA_PROMPT_TEMPLATE,
+        answer=LISA_ANSWER,
+        image_token="<image>",
+        patch_size=config.llava_config.vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    model.save_pretrained(folder)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return folder
+
+
+def lisa_pass(args, work, device, dataset, phases, failures) -> None:
+    """A random LISA written as `convert_lisa` writes LISA-7B-v1, loaded through the `lisa:` adapter in bfloat16,
+    predicting the same rows in both answer modes; prints samples/s and peak GPU memory against
+    `pisa_model.budget --model lisa`'s inference estimate, and records a wrong-sized mask as a failure."""
+    from pisa_model.adapters import load_adapter
+    from pisa_model.budget import GIB, inference_estimate
+    from pisa_model.evaluate import evaluate_model
+
+    started = time.perf_counter()
+    folder = save_lisa(os.path.join(work, "lisa"), device, args.tiny)
+    phases["write LISA"] = time.perf_counter() - started
+    print(f"LISA ({'tiny' if args.tiny else 'LISA-7B-v1 size'}, bfloat16) saved in {phases['write LISA']:.0f} s")
+    for generate in (False, True):
+        started = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        adapter = load_adapter(f"lisa:{folder}", device=device, dtype=torch.bfloat16, generate=generate)
+        folder_out = os.path.join(work, f"lisa-predictions-{adapter.answer_mode}")
+        scorer, extras = evaluate_model(adapter, dataset, batch_size=8, prediction_dir=folder_out, progress=False)
+        peak = f"{torch.cuda.max_memory_allocated() / GIB:.2f} GiB" if device.type == "cuda" else "n/a (no GPU)"
+        estimate = inference_estimate(adapter.model.config, batch_size=8)
+        line = (
+            f"LISA predict ({adapter.answer_mode}): {extras['rows_per_second']:.2f} samples/s over {len(scorer)} rows; "
+            f"peak GPU memory {peak} (budget --model lisa estimate {_size(estimate.total_bytes)}); "
+            f"gIoU {100 * scorer.compute()['gIoU']:.2f}"
+        )
+        if generate:
+            with_seg = sum(record["has_seg"] for record in extras["records"])
+            line += f"; answers with [SEG]: {with_seg}/{len(extras['records'])}"
+        print(line)
+        phases[f"LISA {adapter.answer_mode}"] = time.perf_counter() - started
+        del adapter
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def train(args, components, release, output, mask_input_size):
@@ -186,15 +295,15 @@ def _stored_bytes(model_class, config, dtype: torch.dtype) -> int:
     return sum(tensor.numel() * size for tensor in model.state_dict().values())
 
 
-def disk_needed(tiny: bool) -> dict:
+def disk_needed(tiny: bool, lisa: bool = True) -> dict:
     """{what: bytes} the check writes: the three full-size components in their stored dtypes, the trained
-    checkpoint (frozen weights in bfloat16, trainable ones in float32: the dtype policy it is saved under) and a
-    margin; with --tiny the margin alone (its tiny files are a few MB)."""
+    checkpoint (frozen weights in bfloat16, trainable ones in float32: the dtype policy it is saved under), the LISA
+    pass's converted LISA-7B (bfloat16) and a margin; with --tiny the margin alone (its tiny files are a few MB)."""
     if tiny:
         return {"other": DISK_MARGIN["tiny"]}
     from transformers import Dinov2Config, Dinov2Model, LlavaConfig, LlavaForConditionalGeneration, SamConfig, SamModel
 
-    from pisa_model.budget import _read_config, count_parameters, full_size_config
+    from pisa_model.budget import _read_config, count_parameters, full_size_config, lisa_full_size_config
     from pisa_model.tiny import REAL_STORED_DTYPES
 
     components = _stored_bytes(
@@ -207,7 +316,10 @@ def disk_needed(tiny: bool) -> dict:
     )
     components += _stored_bytes(SamModel, SamConfig.from_dict(_read_config("sam-vit-huge")), REAL_STORED_DTYPES["sam"])
     checkpoint = count_parameters(full_size_config(lora_rank=8), torch.bfloat16)[2]
-    return {"components": components, "checkpoint": checkpoint, "other": DISK_MARGIN["full"]}
+    need = {"components": components, "checkpoint": checkpoint}
+    if lisa:
+        need["lisa"] = 2 * count_parameters(lisa_full_size_config())[0]  # saved in bfloat16 throughout
+    return need | {"other": DISK_MARGIN["full"]}
 
 
 def refuse_without_disk(folder: str, needed: int):
@@ -249,12 +361,12 @@ def main(argv=None):
     from instructpart_dataset.synthetic import make_release
     from pisa_model import PisaConfig, PisaForPartSegmentation
     from pisa_model.adapters.pisa import PisaAdapter
-    from pisa_model.budget import GIB, estimate
+    from pisa_model.budget import GIB, estimate, inference_estimate
     from pisa_model.data import load_rows
     from pisa_model.evaluate import evaluate_model
     from pisa_model.tiny import REAL_STORED_DTYPES, save_tiny_components
 
-    needed = disk_needed(args.tiny)
+    needed = disk_needed(args.tiny, lisa=not args.no_lisa)
     refusal = refuse_without_disk(args.work_dir or tempfile.gettempdir(), sum(needed.values()))
     if refusal:
         print(refusal, file=sys.stderr)
@@ -323,7 +435,8 @@ def main(argv=None):
             peak = f"{torch.cuda.max_memory_allocated() / GIB:.2f} GiB" if device.type == "cuda" else "n/a (no GPU)"
             line = (
                 f"predict ({adapter.answer_mode}): {extras['rows_per_second']:.2f} samples/s over {len(scorer)} rows; "
-                f"peak GPU memory {peak}; gIoU {100 * scorer.compute()['gIoU']:.2f}"
+                f"peak GPU memory {peak} (budget estimate {_size(inference_estimate(config, 8).total_bytes)}); "
+                f"gIoU {100 * scorer.compute()['gIoU']:.2f}"
             )
             if generate:
                 with_seg = sum(record["has_seg"] for record in extras["records"])
@@ -332,10 +445,14 @@ def main(argv=None):
             print(line)
             phases[f"predict {adapter.answer_mode}"] = time.perf_counter() - started
         del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if not args.no_lisa:
+            lisa_pass(args, work, device, dataset, phases, failures)
         total = time.perf_counter() - check_started
         print("wall time per phase: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items()))
         print(f"wall time: {total:.0f} s" + ("" if args.tiny else f" (budget {WALL_BUDGET_S} s on one H100)"))
-        used = {name: _folder_bytes(os.path.join(work, name)) for name in ("components", "trained")}
+        used = {name: _folder_bytes(os.path.join(work, name)) for name in ("components", "trained", "lisa")}
         used["other"] = _folder_bytes(work) - sum(used.values())
         print(
             f"disk used: {_size(sum(used.values()))} in {work} ("

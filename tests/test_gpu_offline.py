@@ -160,6 +160,10 @@ def test_disk_need_is_the_components_published_sizes():
     assert abs(need["components"] - published) / published < 0.01
     # The trained checkpoint: the language model and CLIP in bfloat16 at least, at most everything in float32.
     assert 2 * 7.3e9 < need["checkpoint"] < 4 * 7.3e9
+    # The LISA pass: LISA-7B-v1 in bfloat16 (LLaMA-7B 6.74 B, CLIP ViT-L/14 303 M, SAM-H 641 M, projections 22 M).
+    lisa = 2 * (6.7384e9 + 303.2e6 + 641.1e6 + 22.0e6)
+    assert abs(need["lisa"] - lisa) / lisa < 0.01
+    assert "lisa" not in pisa_gpu_check.disk_needed(tiny=False, lisa=False)
 
 
 def _index_reachable() -> bool:
@@ -230,6 +234,7 @@ def test_offline_rehearsal_in_a_venv_with_an_older_stack_and_no_datasets(tmp_pat
     assert "transformers 5.23.0" in run.stdout and "datasets -" in run.stdout
     assert f"pisa_model from {bundle / 'site' / 'pisa_model'}" in run.stdout
     assert "finite: yes" in run.stdout and "gpu check: ok" in run.stdout
+    assert "LISA predict (teacher-forced):" in run.stdout and "LISA predict (generated):" in run.stdout
     # Nothing was installed into the venv itself.
     after = subprocess.run([python, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
     assert after == freeze
