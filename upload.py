@@ -14,25 +14,31 @@ launched on a loopback port and queried through `gradio_client` (gradio must be 
 `pip install -e ".[space]"`). Only then is anything pushed, with `HfApi.create_repo(exist_ok=True)` and
 `upload_folder`, whatever the size (one commit; huggingface_hub 2.x with hf_xet splits very large folders).
 `--dry-run` stops after verification and prints the files.
-The token comes from `hf auth login` or HF_TOKEN and is never printed; a failed push leaves the
-staged folder for a retry.
+The token comes from `hf auth login` or HF_TOKEN and is never printed. A push never waits forever: each
+request gives up after --connect-timeout seconds (default 10) without a connection or --read-timeout seconds
+(default 300) without a byte from the Hub. One retry policy, huggingface_hub's own for its commit requests (6
+tries on a timeout, a network error or a 408/429/5xx answer, waiting 1, 2, 4, 8, 8 s), also covers creating the
+repo and the branch, which huggingface_hub does not retry (--attempts, default 6). Defaults also from
+$INSTRUCTPART_HUB_CONNECT_TIMEOUT, $INSTRUCTPART_HUB_READ_TIMEOUT and $INSTRUCTPART_HUB_ATTEMPTS. A line on stderr
+names each step and, every 15 s, how long it has waited. A failed push says in one line at which step and why,
+what was done and what remains, and leaves the staged folder for a retry.
 """
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 
 from instructpart_dataset.toolbox.cli_errors import OperationFailed, run_command, writing
 from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated, serve_isolated
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DISTRIBUTION = "instructpart"  # whose install_requires the Spaces' requirements.txt copy
-# What each Space's app imports besides gradio (which comes with the card's `sdk_version`).
-METRIC_SPACE_NEEDS = ("evaluate", "datasets", "huggingface_hub", "numpy", "pillow")
-MODEL_SPACE_NEEDS = ("transformers", "torch", "safetensors", "huggingface_hub", "numpy", "pillow")
 
 
 class UploadError(OperationFailed):
@@ -74,89 +80,18 @@ def verify_dataset(stage: str, counts: dict) -> None:
     )
     if found != counts:
         raise UploadError(f"verification failed: {stage} loads as {found}, the export wrote {counts}")
+    print(f"verified load_dataset({os.path.basename(stage)!r}) in a fresh process: {found} rows, as exported")
 
 
 # --- metric ----------------------------------------------------------------------------------------------------
 
 
-def space_requirements(names) -> str:
-    """requirements.txt of a Space: the version ranges of `names` exactly as this project's installed
-    distribution declares them (setup.cfg's install_requires, else its extras), so that the Space runs what the
-    tests ran."""
-    from importlib.metadata import PackageNotFoundError, requires
-
-    from packaging.requirements import Requirement
-
-    try:
-        declared = [Requirement(line) for line in requires(DISTRIBUTION) or []]
-    except PackageNotFoundError:
-        raise UploadError(f"{DISTRIBUTION} is not installed: run `pip install -e .` in {HERE}") from None
-    ranges = {}
-    for req in sorted(declared, key=lambda req: req.marker is not None):  # install_requires first, then extras
-        if req.marker is None or "extra" in str(req.marker):
-            ranges.setdefault(req.name.lower().replace("_", "-"), f"{req.name}{req.specifier}")
-    lines = []
-    for name in names:
-        key = name.lower().replace("_", "-")
-        if key not in ranges:
-            raise UploadError(f"{name} is not among {DISTRIBUTION}'s requirements; cannot pin it in a Space")
-        lines.append(ranges[key])
-    return "\n".join(lines) + "\n"
-
-
-def gradio_version() -> str:
-    """The installed gradio's version: the Space card's `sdk_version`, the gradio its app is launched with here."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gradio")
-    except PackageNotFoundError:
-        raise UploadError(
-            "gradio is not installed: a Space is launched before it is pushed (pip install -e '.[space]')"
-        ) from None
-
-
-def _write_space_files(stage: str, app_file: str, needs, card) -> None:
-    """app.py, requirements.txt and the card (README.md) with the Space metadata the Hub reads."""
-    shutil.copy(app_file, os.path.join(stage, "app.py"))
-    with open(os.path.join(stage, "requirements.txt"), "w") as f:
-        f.write(space_requirements(needs))
-    card.data.sdk = "gradio"
-    card.data.sdk_version = gradio_version()
-    card.data.app_file = "app.py"
-    card.save(os.path.join(stage, "README.md"))
-
-
 def stage_metric(stage: str, repo_id: str, dataset_id: str | None = None) -> None:
-    """The evaluate module as a Space: `<repo name>.py` (so `evaluate.load(repo_id)` finds it), the modules it
-    imports, its card (listing the dataset whose zips the app scores), the app and requirements."""
-    from huggingface_hub import RepoCard
+    """The metric Space, staged by its package (`instructpart_metric.space.stage_space`) in a fresh folder."""
+    from instructpart_metric.space import stage_space
 
-    from instructpart_metric.space import APP_FILE
-
-    source = os.path.join(HERE, "instructpart_metric")
-    name = repo_id.split("/")[-1]
     _fresh_folder(stage)
-    shutil.copy(os.path.join(source, "instructpart_metric.py"), os.path.join(stage, f"{name}.py"))
-    for module in _relative_imports(os.path.join(source, "instructpart_metric.py")):
-        shutil.copy(os.path.join(source, f"{module}.py"), os.path.join(stage, f"{module}.py"))
-    card = RepoCard.load(os.path.join(source, "README.md"))
-    card.data.datasets = [dataset_id or _default_dataset_id(repo_id)]
-    _write_space_files(stage, APP_FILE, METRIC_SPACE_NEEDS, card)
-
-
-def _default_dataset_id(repo_id: str) -> str:
-    return f"{repo_id.split('/')[0]}/instructpart"
-
-
-def _relative_imports(script: str) -> list:
-    """Sibling modules a script imports as `from .name import x` (evaluate copies them beside it)."""
-    modules = []
-    with open(script) as f:
-        for line in f:
-            if line.startswith("from .") and " import " in line:
-                modules.append(line[len("from .") :].split(" import ")[0].strip())
-    return sorted(set(modules))
+    stage_space(stage, repo_id, dataset_id)
 
 
 def _space_client(url: str):
@@ -167,10 +102,12 @@ def _space_client(url: str):
 
 def launch_space(stage: str, query, env: dict | None = None, what: str = "the Space") -> None:
     """Serve the staged app as the Space runs it (`python app.py`, in a fresh process that cannot import this
-    project) on a loopback port and call `query(gradio_client.Client)` against it."""
+    project) on a loopback port and call `query(gradio_client.Client)` against it; `query` checks the answer and
+    returns what it asked and got, printed with where the app ran."""
     try:
         with serve_isolated(os.path.join(stage, "app.py"), env=env) as app:
-            query(_space_client(app.url))
+            checked = query(_space_client(app.url))
+            print(f"verified {what}: launched at {app.url}; {checked}", flush=True)
     except IsolatedRunError as error:
         raise UploadError(f"verification failed: {what}: {error}") from None
     except UploadError:
@@ -210,6 +147,7 @@ def verify_metric(stage: str) -> None:
     )
     if any(abs(found[k] - expected[k]) > 1e-12 for k in expected):
         raise UploadError(f"verification failed: the staged metric gives {found}, the package {expected}")
+    print(f"verified evaluate.load({stage!r}) in a fresh process: 4 mask pairs give {found}, as the package does")
 
     workdir = tempfile.mkdtemp(prefix="verify-metric-space-")
     try:
@@ -229,6 +167,7 @@ def verify_metric(stage: str) -> None:
             )
             if {key: metrics[key] for key in expected_pair} != expected_pair:
                 raise UploadError(f"verification failed: the staged app scores {metrics}, the package {expected_pair}")
+            return f"queried /score_pair with one mask pair: {expected_pair}, as the package scores it"
 
         launch_space(stage, query, what=f"the metric Space {stage}/app.py")
     finally:
@@ -238,6 +177,9 @@ def verify_metric(stage: str) -> None:
 # --- which checkpoint files may be published: decided by content, never by name ----------------------------------
 
 SENTENCEPIECE_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+HEAD_BYTES = 1 << 16  # what is read of a file (or a zip member, or a compressed stream) to recognise it
+TEXT_LIMIT = 256 << 20  # larger files are never read whole: they publish only as safetensors or a tokenizer model
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")  # after the PROTO opcode, 0x80
 
 
 def check_publishable_file(path: str) -> str:
@@ -248,103 +190,149 @@ def check_publishable_file(path: str) -> str:
     Decided by the bytes, whatever the file's name: a pickle (it runs code when loaded) is refused as a
     protocol 2+ stream, as protocol 0/1 opcodes that parse to a final STOP (those are ASCII and would pass
     as text), inside a zip (torch.save's format) or under gzip/bz2/xz/zlib compression (joblib)."""
-    import bz2
-    import lzma
-    import pickletools
-    import struct
-    import zipfile
-    import zlib
-
-    def pickle_stream(data: bytes, whole: bool) -> bool:
-        if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-            return True
-        if not whole:
-            return False
-        try:
-            opcodes = [(opcode.name, position) for opcode, _, position in pickletools.genops(data)]
-        except Exception:  # genops raises ValueError, struct.error, UnicodeDecodeError, ... on non-pickles
-            return False
-        return len(opcodes) >= 2 and opcodes[-1] == ("STOP", len(data.rstrip(b"\r\n")) - 1)
-
-    def decompressed_head(data: bytes):
-        """The first bytes of a gzip/zlib/bz2/xz stream's content, or None."""
-        if data.startswith(b"\x1f\x8b"):
-            stream = zlib.decompressobj(31)
-        elif data[:1] == b"\x78" and len(data) > 1 and (data[0] * 256 + data[1]) % 31 == 0:
-            stream = zlib.decompressobj()
-        elif data.startswith(b"BZh"):
-            stream = bz2.BZ2Decompressor()
-        elif data.startswith(b"\xfd7zXZ"):
-            stream = lzma.LZMADecompressor()
-        else:
-            return None
-        try:
-            return stream.decompress(data[: 1 << 16])[:16]
-        except Exception:
-            return None
-
-    name = os.path.basename(path)
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    refuse_pickle = f"{path}: its bytes are a pickle (which runs code when loaded): publish safetensors only"
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                for member in archive.infolist():
-                    with archive.open(member) as stream:
-                        inner = stream.read(1 << 16)
-                    whole = member.file_size <= len(inner)
-                    if member.filename.lower().endswith((".pkl", ".pickle")) or pickle_stream(inner, whole):
-                        raise ValueError(
-                            f"{path}: a zip holding a pickle ({member.filename}; torch.save's format): "
-                            "publish safetensors only"
-                        )
-        except (zipfile.BadZipFile, OSError, RuntimeError):
-            pass  # unreadable as a zip: refused below all the same
-        raise ValueError(f"{path}: a zip archive; only safetensors, JSON, text and tokenizer files are published")
-    if pickle_stream(head, whole=False) or pickle_stream(decompressed_head(head) or b"", whole=False):
-        raise ValueError(refuse_pickle)
-    if len(head) >= 8:
-        (header_size,) = struct.unpack("<Q", head[:8])
-        if 2 <= header_size <= size - 8 and head[8:9] == b"{":
-            with open(path, "rb") as f:
-                f.seek(8)
-                header = f.read(header_size)
-            try:
-                if isinstance(json.loads(header), dict):
-                    return "safetensors"
-            except ValueError:
-                pass
+        head = f.read(HEAD_BYTES)
+    _refuse_archive_or_pickle(path, head)
+    if _is_safetensors(path, head):
+        return "safetensors"
+    name = os.path.basename(path)
     if name.lower().endswith(".safetensors"):
         raise ValueError(f"{path}: not a safetensors file (its header does not parse)")
     if name in SENTENCEPIECE_NAMES and head[:1] == b"\x0a":  # a serialized sentencepiece ModelProto
         return "sentencepiece"
-    if size <= 256 << 20 and b"\x00" not in head:
-        with open(path, "rb") as f:
-            data = f.read()
-        if pickle_stream(data, whole=True):
-            raise ValueError(refuse_pickle)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is not None and "\x00" not in text:
-            if not name.lower().endswith(".json"):
-                return "text"
-            try:
-                json.loads(text)
-            except ValueError as error:
-                raise ValueError(f"{path}: not valid JSON ({error})") from None
-            return "json"
-    raise ValueError(f"{path}: neither safetensors, JSON, UTF-8 text nor a tokenizer model; only those are published")
+    kind = _text_kind(path, head)
+    if kind is None:
+        raise ValueError(
+            f"{path}: neither safetensors, JSON, UTF-8 text nor a tokenizer model; only those are published"
+        )
+    return kind
+
+
+def _refusal_of_pickle(path: str) -> ValueError:
+    return ValueError(f"{path}: its bytes are a pickle (which runs code when loaded): publish safetensors only")
+
+
+def _is_pickle_stream(data: bytes, whole: bool) -> bool:
+    """A protocol 2+ pickle by its first bytes; with `whole` (all of the file), also protocol 0/1 opcodes that
+    parse to a final STOP."""
+    if data[:1] == b"\x80" and data[1:2] in PICKLE_PROTOCOLS:
+        return True
+    if not whole:
+        return False
+    import pickletools
+
+    try:
+        opcodes = [(opcode.name, position) for opcode, _, position in pickletools.genops(data)]
+    except Exception:  # genops raises ValueError, struct.error, UnicodeDecodeError, ... on non-pickles
+        return False
+    return len(opcodes) >= 2 and opcodes[-1] == ("STOP", len(data.rstrip(b"\r\n")) - 1)
+
+
+def _decompressor(data: bytes):
+    """A decompressor for the gzip/zlib/bz2/xz stream `data` starts, or None."""
+    import bz2
+    import lzma
+    import zlib
+
+    if data.startswith(b"\x1f\x8b"):
+        return zlib.decompressobj(31)
+    if data[:1] == b"\x78" and len(data) > 1 and (data[0] * 256 + data[1]) % 31 == 0:
+        return zlib.decompressobj()
+    if data.startswith(b"BZh"):
+        return bz2.BZ2Decompressor()
+    if data.startswith(b"\xfd7zXZ"):
+        return lzma.LZMADecompressor()
+    return None
+
+
+def _decompressed_head(data: bytes) -> bytes:
+    """The first bytes of a gzip/zlib/bz2/xz stream's content; empty when `data` is no such stream."""
+    stream = _decompressor(data)
+    if stream is None:
+        return b""
+    try:
+        return stream.decompress(data[:HEAD_BYTES])[:16]
+    except Exception:
+        return b""
+
+
+def _refuse_zip(path: str) -> None:
+    """A zip is never published; one holding a pickle (torch.save's format) is refused naming that member."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                with archive.open(member) as stream:
+                    inner = stream.read(HEAD_BYTES)
+                whole = member.file_size <= len(inner)
+                if member.filename.lower().endswith((".pkl", ".pickle")) or _is_pickle_stream(inner, whole):
+                    raise ValueError(
+                        f"{path}: a zip holding a pickle ({member.filename}; torch.save's format): "
+                        "publish safetensors only"
+                    )
+    except (zipfile.BadZipFile, OSError, RuntimeError):
+        pass  # unreadable as a zip: refused below all the same
+    raise ValueError(f"{path}: a zip archive; only safetensors, JSON, text and tokenizer files are published")
+
+
+def _refuse_archive_or_pickle(path: str, head: bytes) -> None:
+    """Refuse a zip, and a pickle whether plain or compressed (as far as its first bytes tell)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        _refuse_zip(path)
+    if _is_pickle_stream(head, whole=False) or _is_pickle_stream(_decompressed_head(head), whole=False):
+        raise _refusal_of_pickle(path)
+
+
+def _is_safetensors(path: str, head: bytes) -> bool:
+    """An 8-byte little-endian header length that fits the file, followed by a JSON object."""
+    import struct
+
+    if len(head) < 8:
+        return False
+    (header_size,) = struct.unpack("<Q", head[:8])
+    if not (2 <= header_size <= os.path.getsize(path) - 8 and head[8:9] == b"{"):
+        return False
+    with open(path, "rb") as f:
+        f.seek(8)
+        header = f.read(header_size)
+    try:
+        return isinstance(json.loads(header), dict)
+    except ValueError:
+        return False
+
+
+def _text_kind(path: str, head: bytes):
+    """ "json" or "text" for a UTF-8 file without NUL bytes (a .json one must parse), None for anything else;
+    a whole-file pickle (protocol 0/1 is ASCII) is refused."""
+    if os.path.getsize(path) > TEXT_LIMIT or b"\x00" in head:
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    if _is_pickle_stream(data, whole=True):
+        raise _refusal_of_pickle(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in text:
+        return None
+    if not path.lower().endswith(".json"):
+        return "text"
+    try:
+        json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    return "json"
 
 
 # --- model -----------------------------------------------------------------------------------------------------
 
 
 def _example_image(stage: str):
-    """A generated example photo and its instruction, shown as the card's widget example."""
+    """A generated example photo and its instruction, shown in the card's body."""
     import numpy as np
 
     from instructpart_dataset.synthetic import CATALOG, instructions_for, render_object
@@ -363,7 +351,7 @@ def stage_model(
     space_repo_id=None,
     dataset_id=None,
     base_models=None,
-    license="apache-2.0",
+    license=None,
     compare_published=False,
 ) -> None:
     from pisa_model.model_card import write_model_card
@@ -392,39 +380,18 @@ def stage_model(
         dataset_id=dataset_id,
         base_models=base_models,
         license=license,
-        widget_examples=_example_image(stage),
+        examples=_example_image(stage),
         compare_published=compare_published,
     )
 
 
-def stage_model_space(stage: str, model_repo_id: str, license: str = "apache-2.0") -> None:
-    """The demo Space of `model_repo_id`: pisa_model/space/app.py, generated example photos, requirements and a
-    card whose `models:` links the Space to the model (and tells the app which model to load)."""
-    from huggingface_hub import SpaceCard, SpaceCardData
-
-    from pisa_model.space import APP_FILE, write_examples
+def stage_model_space(stage: str, model_repo_id: str, license: str | None = None) -> None:
+    """The demo Space of `model_repo_id`, staged by its package (`pisa_model.space.stage_space`) in a fresh
+    folder."""
+    from pisa_model.space import stage_space
 
     _fresh_folder(stage)
-    write_examples(os.path.join(stage, "examples"))
-    data = SpaceCardData(
-        title="PISA part segmentation",
-        emoji="🔧",
-        colorFrom="red",
-        colorTo="gray",
-        pinned=False,
-        license=license,
-        models=[model_repo_id],
-        tags=["instructpart", "part-segmentation"],
-    )
-    card = SpaceCard(
-        f"---\n{data.to_yaml()}\n---\n\n"
-        f"Demo of [{model_repo_id}](https://huggingface.co/{model_repo_id}): a photo and an instruction in, the photo "
-        "with the part that serves the task overlaid and the part's mask (PNG) out. The example photos are "
-        "generated; the InstructPart release's photos are not redistributed here.\n\n"
-        f"Run it locally: `pip install gradio=={gradio_version()} -r requirements.txt && python app.py --model "
-        f"{model_repo_id}` (or a checkpoint folder).\n"
-    )
-    _write_space_files(stage, APP_FILE, MODEL_SPACE_NEEDS, card)
+    stage_space(stage, model_repo_id, license=license)
 
 
 def verify_model_space(space_stage: str, model_stage: str, checkpoint: str) -> None:
@@ -450,6 +417,10 @@ def verify_model_space(space_stage: str, model_stage: str, checkpoint: str) -> N
         )
         if not np.array_equal(np.asarray(Image.open(mask_path).convert("L")) > 0, expected):
             raise UploadError("verification failed: the staged Space's mask differs from the checkpoint's predict")
+        return (
+            f"queried /segment with {example['image']} and {example['instruction']!r}: its {expected.shape[1]}x"
+            f"{expected.shape[0]} mask ({int(expected.sum())} pixels) equals the checkpoint's predict"
+        )
 
     launch_space(space_stage, query, env={"PISA_MODEL": model_stage}, what=f"the demo Space {space_stage}/app.py")
 
@@ -496,6 +467,10 @@ def verify_model(checkpoint: str, stage: str) -> None:
     for kind in ("predict", "pipeline"):
         if found[kind] != expected:
             raise UploadError(f"verification failed: the staged model's {kind} masks differ from the checkpoint's")
+    print(
+        f"verified AutoModel/pipeline from {stage} with trust_remote_code in a fresh process: "
+        f"{len(expected)} generated photos give the checkpoint's predict masks"
+    )
 
 
 # --- push ------------------------------------------------------------------------------------------------------
@@ -511,22 +486,161 @@ def folder_files(stage: str) -> list:
     return sorted(files)
 
 
+@dataclasses.dataclass(frozen=True)
+class HubPolicy:
+    """How a push waits on the Hub. Every request gives up after `connect_timeout` seconds without a connection or
+    `read_timeout` seconds without a byte (huggingface_hub's shared client has no timeout of its own, so a stalled
+    Hub would hang the push forever). A step is tried `attempts` times on a network error, a timeout or a
+    408/429/5xx answer, waiting `first_wait` seconds, then twice as long each time up to `max_wait`: the policy
+    huggingface_hub applies to its own commit and preupload requests (`http_backoff`: 6 tries, 1 to 8 s), which
+    this applies to creating the repo and the branch, which it does not retry. The commit is left to huggingface_hub's
+    own retries (wrapping it would multiply them). While a step waits, a line says so every `progress_every` s."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    attempts: int = 6
+    first_wait: float = 1.0
+    max_wait: float = 8.0
+    progress_every: float = 15.0
+
+
+# The flags' defaults can be set in the environment (a CI job, a slow link).
+POLICY_ENVIRONMENT = {
+    "connect_timeout": "INSTRUCTPART_HUB_CONNECT_TIMEOUT",
+    "read_timeout": "INSTRUCTPART_HUB_READ_TIMEOUT",
+    "attempts": "INSTRUCTPART_HUB_ATTEMPTS",
+}
+
+
+@contextlib.contextmanager
+def hub_timeouts(policy: HubPolicy):
+    """Apply the policy's timeouts to huggingface_hub's shared HTTP client (httpx) for the duration."""
+    from huggingface_hub import get_session
+
+    client = get_session()
+    before = client.timeout
+    client.timeout = type(before)(policy.read_timeout, connect=policy.connect_timeout)
+    try:
+        yield
+    finally:
+        client.timeout = before
+
+
+@contextlib.contextmanager
+def _waiting(what: str, policy: HubPolicy):
+    """Say on stderr that `what` is under way, then every `progress_every` seconds how long it has waited."""
+    print(f"upload.py: {what} ...", file=sys.stderr, flush=True)
+    done, started = threading.Event(), time.monotonic()
+
+    def report():
+        while not done.wait(policy.progress_every):
+            print(
+                f"upload.py: {what}: waiting for the Hub ({time.monotonic() - started:.0f} s; a request gives up "
+                f"after {policy.read_timeout:g} s without an answer)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    reporter = threading.Thread(target=report, daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reporter.join()
+
+
+def _transient(error: Exception) -> bool:
+    """Worth another attempt: a timeout, a network error, or the Hub's 408 / 429 / 5xx; not a refusal."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, HfHubHTTPError):
+        status = error.response.status_code if error.response is not None else None
+        return status is None or status in (408, 429) or status >= 500
+    return not isinstance(error, (OfflineModeIsEnabled, ValueError))
+
+
+def _attempt(step, what: str, policy: HubPolicy, progress: dict, retried_by_the_library: bool = False):
+    """`step()` under the policy's attempts and waits (one, where huggingface_hub retries the step itself);
+    `progress["attempts"]` counts the tries."""
+    attempts = 1 if retried_by_the_library else policy.attempts
+    for attempt in range(1, attempts + 1):
+        progress["attempts"] = attempt
+        try:
+            with _waiting(what, policy):
+                return step()
+        except Exception as error:
+            if attempt == attempts or not _transient(error):
+                raise
+            wait = min(policy.first_wait * 2 ** (attempt - 1), policy.max_wait)
+            print(
+                f"upload.py: {what}: {type(error).__name__}; attempt {attempt + 1} of {attempts} in {wait:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(wait)
+    return None
+
+
 def push(
-    stage: str, repo_id: str, repo_type: str, *, private: bool, revision, commit_message: str, api=None, space_sdk=None
+    stage: str,
+    repo_id: str,
+    repo_type: str,
+    *,
+    private: bool,
+    revision,
+    commit_message: str,
+    api=None,
+    space_sdk=None,
+    policy: HubPolicy | None = None,
+    progress: dict | None = None,
 ) -> str:
-    """Create the repo if needed (and the branch `revision`) and upload the staged folder in one commit; returns
-    the repo URL."""
+    """Create the repo if needed (and the branch `revision`) and upload the staged folder in one commit, each step
+    under `policy` (see `HubPolicy`); returns the repo URL. `progress` (a dict) is kept up to date with the steps
+    `done`, those `remaining` and the `attempts` of the current one, for the message of a failed push."""
     from huggingface_hub import HfApi
 
     api = api if api is not None else HfApi()
-    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
+    policy = policy if policy is not None else HubPolicy()
+    progress = progress if progress is not None else {}
+    files = folder_files(stage)
+    steps = [  # (what, call, retried by huggingface_hub itself)
+        (
+            f"create {repo_type} repo {repo_id}",
+            lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk),
+            False,
+        )
+    ]
     if revision:
-        api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+        steps.append(
+            (
+                f"create branch {revision}",
+                lambda: api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True),
+                False,
+            )
+        )
     # upload_folder exists in every huggingface_hub the ranges allow (upload_large_folder left in 2.x); it sends
     # large files through the Hub's LFS/Xet storage, in one commit (2.x with hf_xet batches huge folders itself).
-    api.upload_folder(
-        repo_id=repo_id, folder_path=stage, repo_type=repo_type, revision=revision, commit_message=commit_message
+    steps.append(
+        (
+            f"commit {len(files)} files ({sum(size for _, size in files) / 1e6:.1f} MB) to {revision or 'main'}",
+            lambda: api.upload_folder(
+                repo_id=repo_id,
+                folder_path=stage,
+                repo_type=repo_type,
+                revision=revision,
+                commit_message=commit_message,
+            ),
+            True,
+        )
     )
+    progress.update(done=[], remaining=[what for what, _, _ in steps])
+    url = None
+    with hub_timeouts(policy):
+        for what, step, retried_by_the_library in steps:
+            result = _attempt(step, what, policy, progress, retried_by_the_library)
+            url = result if url is None else url
+            progress["done"].append(progress["remaining"].pop(0))
     return str(url)
 
 
@@ -560,6 +674,7 @@ def _publish(args, stage, repo_type, what, space_sdk=None) -> None:
         _print_plan(stage, args.repo_id, repo_type, args.private, args.revision)
         print(f"staged and verified in {stage}; dry run: nothing pushed")
         return
+    progress = {}
     try:
         url = push(
             stage,
@@ -569,13 +684,39 @@ def _publish(args, stage, repo_type, what, space_sdk=None) -> None:
             revision=args.revision,
             commit_message=f"Upload {what} with instructpart's upload.py",
             space_sdk=space_sdk,
+            policy=HubPolicy(
+                connect_timeout=args.connect_timeout, read_timeout=args.read_timeout, attempts=args.attempts
+            ),
+            progress=progress,
         )
     except Exception as error:
-        raise UploadError(
-            f"push to {args.repo_id} failed ({type(error).__name__}: {_safe_message(error)}); "
-            f"the staged files stay in {stage} for a retry"
-        ) from None  # the original may carry the token in its request details
+        raise UploadError(_push_failure(args.repo_id, stage, progress, error)) from None
+        # (from None: the original may carry the token in its request details)
     print(f"pushed {stage} to {url}")
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # argparse names the type in its error
+    return parse
+
+
+def _push_failure(repo_id: str, stage: str, progress: dict, error: Exception) -> str:
+    """One line: which step failed and how, what was sent before it, what remains, and where the staged files
+    wait for a retry."""
+    remaining = progress.get("remaining") or []
+    attempts = progress.get("attempts", 1)
+    at = f" at {remaining[0]} after {attempts} attempt{'s' * (attempts != 1)}" if remaining else ""
+    done = "; ".join(progress.get("done") or []) or "nothing"
+    return (
+        f"push to {repo_id} failed{at} ({type(error).__name__}: {_safe_message(error)}); done: {done}; remaining: "
+        f"{'; '.join(remaining) or 'nothing'}; the staged files stay in {stage} for a retry"
+    )
 
 
 def _stage_dir(args, kind: str, repo_id: str) -> str:
@@ -638,6 +779,18 @@ def main(argv=None) -> int:
         sub.add_argument("--dry-run", action="store_true", help="stage and verify, print the files, push nothing")
         sub.add_argument("--private", action="store_true")
         sub.add_argument("--revision", help="branch to push to (created if missing)")
+        for name, kind, what in (
+            ("connect_timeout", float, "seconds a request waits for a connection to the Hub"),
+            ("read_timeout", float, "seconds a request waits for the Hub's next byte"),
+            ("attempts", int, "tries of creating the repo and the branch (huggingface_hub's own for the commit: 6)"),
+        ):
+            environment, default = POLICY_ENVIRONMENT[name], getattr(HubPolicy, name)
+            sub.add_argument(
+                "--" + name.replace("_", "-"),
+                type=_positive(kind),
+                default=os.environ.get(environment, default),  # argparse checks a string default with `type`
+                help=f"{what} (default {default:g}, or ${environment})",
+            )
 
     dataset = commands.add_parser("dataset", help="the benchmark as a script-free dataset repo")
     dataset.add_argument("--data-dir", required=True, help="local copy of the official release")
@@ -672,8 +825,8 @@ def main(argv=None) -> int:
     )
     model.add_argument(
         "--license",
-        default="apache-2.0",
-        help="the checkpoint's licence; respect the licences of the parts it was built from",
+        help="the checkpoint's licence (a Hub licence id); default: none chosen, the card says `unknown`. "
+        "Respect the licences of the parts it was built from",
     )
     common(model)
     model.set_defaults(run=cmd_model)

@@ -15,23 +15,19 @@ import argparse
 import io
 import os
 import shutil
-import sys
 import tempfile
 
 import numpy as np
 from PIL import Image
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from timing import median_time  # noqa: E402  (bench/timing.py, beside this script)
+from timing import median_time  # bench/timing.py, beside this script
 
 # The figures are this script's output: no progress bars of the runs being timed in front of them
 # (tqdm reads TQDM_DISABLE when it is imported; datasets' bars are switched off below).
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from instructpart_dataset import load_instructpart, scan_release  # noqa: E402
-from instructpart_dataset.export import export_release  # noqa: E402
-from instructpart_dataset.synthetic import make_release  # noqa: E402
+from instructpart_dataset import load_instructpart, scan_release
+from instructpart_dataset.export import export_release
+from instructpart_dataset.synthetic import make_release
 
 
 def main():

@@ -19,20 +19,16 @@ import argparse
 import collections
 import os
 import shutil
-import sys
 import tempfile
 
 import numpy as np
 from PIL import Image
+from timing import median_time  # bench/timing.py, beside this script
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from timing import median_time  # noqa: E402  (bench/timing.py, beside this script)
-
-from instructpart_dataset import load_instructpart, scan_release  # noqa: E402
-from instructpart_dataset.synthetic import make_release  # noqa: E402
-from pisa_model.adapters.baselines import FullImageAdapter  # noqa: E402
-from pisa_model.evaluate import evaluate_model  # noqa: E402
+from instructpart_dataset import load_instructpart, scan_release
+from instructpart_dataset.synthetic import make_release
+from pisa_model.adapters.baselines import FullImageAdapter
+from pisa_model.evaluate import evaluate_model
 
 
 class PixelReadingFullImage(FullImageAdapter):

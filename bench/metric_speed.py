@@ -33,10 +33,9 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
+from instructpart_metric import StreamingScorer
 
-from instructpart_metric import StreamingScorer  # noqa: E402
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def median_times(functions: dict, repeats: int) -> dict:

@@ -32,8 +32,6 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # after what PYTHONPATH names: `gpu_check.sh --wheels` puts the bundle's instructpart first
-    sys.path.append(ROOT)
 
 
 def parse_args(argv=None):

@@ -13,15 +13,12 @@
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
+from checkout import import_upload  # bench/checkout.py, beside this script
 
-import upload  # noqa: E402
-from instructpart_dataset.toolbox.fresh_process import serve_isolated  # noqa: E402
+from instructpart_dataset.toolbox.fresh_process import serve_isolated
 
 
 def main() -> None:
@@ -44,6 +41,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bench-space-")
     checkpoint = save_tiny_pisa(os.path.join(work, "checkpoint"))
     stage = os.path.join(work, "space")
+    upload = import_upload()
     upload.stage_model_space(stage, "org/pisa-tiny")
     width, height = (int(v) for v in args.size.split("x"))
     photo = os.path.join(work, "photo.png")

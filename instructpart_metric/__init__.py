@@ -39,13 +39,19 @@ _LAZY = {
 }
 
 
+def evaluate_module_path() -> str:
+    """The folder of this installed package's `evaluate` module: `evaluate.load(evaluate_module_path())` works from
+    any working folder (`evaluate.load("instructpart_metric")` finds it only in a folder holding a copy of it)."""
+    return os.path.dirname(os.path.abspath(__file__))
+
+
 def load(**kwargs):
     """The `evaluate` module of this installed package, from any working folder: `evaluate.load` of the
     package's own folder (offline; keyword arguments such as `cache_dir`, `num_process`, `process_id` and
     `experiment_id` go to `evaluate.load`)."""
     import evaluate
 
-    return evaluate.load(os.path.dirname(os.path.abspath(__file__)), **kwargs)
+    return evaluate.load(evaluate_module_path(), **kwargs)
 
 
 __all__ = [
@@ -53,6 +59,7 @@ __all__ = [
     "PRECISION_NUMERATORS",
     "StreamingScorer",
     "as_mask",
+    "evaluate_module_path",
     "format_table",
     "load",
     "mask_counts",

@@ -106,9 +106,16 @@ def score(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from .report import run_report
+    import json
+
+    from .report import console_paper_table, console_tables, run_report
 
     path = run_report(args, PROG)
+    with open(os.path.join(os.path.dirname(path), "report.json"), encoding="utf-8") as f:
+        numbers = json.load(f)
+    print(console_tables(numbers["models"]))
+    print()
+    print(console_paper_table(numbers["models"], numbers["orps_form"], numbers.get("provenance")))
     print(f"report written to {path}")
     return 0
 

@@ -12,6 +12,8 @@ each sample's labels and key), so scorers of different processes merge exactly.
 
 This module imports numpy only (no PIL, datasets, evaluate or torch): the
 evaluate script ships it next to itself, so it must stay self-contained.
+`read_mask_png`, the one rule for reading a mask file (score CLI, report, the metric Space),
+imports PIL when it is called.
 """
 
 import math
@@ -54,6 +56,25 @@ def as_mask(value: Any, *, role: str = "prediction", index=None, threshold: floa
         threshold is given.
     """
     where = _where(index)
+    array = _mask_array(value, role, where)
+    kind = array.dtype.kind
+    if role == "prediction" and threshold is not None:
+        _check_threshold(threshold)
+        if kind == "b":
+            _check_bool_mask_threshold(threshold, role, where)
+            return array
+    if kind == "b" or role != "prediction" or threshold is None:
+        if kind == "f":
+            raise ValueError(_unthresholded_float_message(array, role, where))
+        return array
+    if kind == "f" and np.isnan(array).any():
+        raise ValueError(f"{where}{role} contains NaN")
+    # numpy compares an integer array with a float threshold exactly (no wrap-around of the dtype).
+    return array > threshold
+
+
+def _mask_array(value: Any, role: str, where: str) -> np.ndarray:
+    """`value` as a non-empty 2-D array of a bool, integer or float dtype, or a ValueError saying what it is."""
     if value is None:
         raise ValueError(f"{where}{role} is None")
     mode = getattr(value, "mode", None)
@@ -71,38 +92,88 @@ def as_mask(value: Any, *, role: str = "prediction", index=None, threshold: floa
         raise ValueError(f"{where}{role} must be a 2-D (H, W) mask, got shape {array.shape}")
     if array.size == 0:
         raise ValueError(f"{where}{role} has no pixels (shape {array.shape})")
-    kind = array.dtype.kind
-    if kind not in "biuf":
+    if array.dtype.kind not in "biuf":
         raise ValueError(f"{where}{role} has unsupported dtype {array.dtype}: expected a bool or integer mask")
-    if role == "prediction" and threshold is not None:
-        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
-            raise ValueError(f"threshold must be a number, got {threshold!r}")
-        if math.isnan(threshold):
-            raise ValueError("threshold must be a number, got nan")
-        if kind == "b":
-            # As 0/1 values a bool mask passes any threshold in [0, 1) unchanged; any other would empty or
-            # fill it, which is never what a threshold meant for scores wants.
-            if not 0 <= threshold < 1:
-                raise ValueError(
-                    f"{where}{role} is a bool mask: threshold={threshold} would make it all "
-                    f"{'background' if threshold >= 1 else 'foreground'}; thresholds apply to integer or float scores"
-                )
-            return array
-    if kind == "b" or role != "prediction" or threshold is None:
-        if kind == "f":
-            if role != "prediction":
-                raise ValueError(
-                    f"{where}{role} has float dtype {array.dtype}: references must be bool or integer masks"
-                )
+    return array
+
+
+def _check_threshold(threshold) -> None:
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise ValueError(f"threshold must be a number, got {threshold!r}")
+    if math.isnan(threshold):
+        raise ValueError("threshold must be a number, got nan")
+
+
+def _check_bool_mask_threshold(threshold, role: str, where: str) -> None:
+    # As 0/1 values a bool mask passes any threshold in [0, 1) unchanged; any other would empty or fill it, which
+    # is never what a threshold meant for scores wants.
+    if not 0 <= threshold < 1:
+        raise ValueError(
+            f"{where}{role} is a bool mask: threshold={threshold} would make it all "
+            f"{'background' if threshold >= 1 else 'foreground'}; thresholds apply to integer or float scores"
+        )
+
+
+def _unthresholded_float_message(array: np.ndarray, role: str, where: str) -> str:
+    if role != "prediction":
+        return f"{where}{role} has float dtype {array.dtype}: references must be bool or integer masks"
+    return (
+        f"{where}{role} has float dtype {array.dtype}: pass threshold= (foreground = value > threshold) "
+        "or give a bool/integer mask"
+    )
+
+
+def _pixels(image) -> np.ndarray:
+    """The (H, W) pixel values, viewed in place through Pillow's Arrow export where it can
+    (np.asarray copies them, which costs about half as much as decoding the PNG)."""
+    try:
+        import pyarrow as pa
+
+        flat = pa.array(image)
+    except Exception:  # no pyarrow, or e.g. rows in several memory blocks: ValueError, TypeError, ArrowException
+        return np.asarray(image)
+    return flat.to_numpy(zero_copy_only=True).reshape(image.height, image.width)
+
+
+def _unreadable(name: str, error: Exception) -> ValueError:
+    return ValueError(f"{name}: unreadable PNG ({type(error).__name__}: {error})")
+
+
+def read_mask_png(source, name: str, *, shape: tuple | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """Decode a single-channel PNG (a path, a binary file or bytes) to a read-only (H, W) array, non-zero =
+    foreground: the one rule every reader of mask files follows (PNG only; modes 1, L, P, I, I;16, so palette
+    and 16-bit masks count their non-zero values; RGB/RGBA refused, since which channel holds the mask is a guess).
+
+    The size is checked from the PNG header before anything is decoded: `shape` (H, W) must match exactly
+    (masks are never resized), and at most `max_pixels` pixels are decoded. Errors are ValueErrors whose
+    message starts with `name`.
+    """
+    import io
+
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except Exception as error:  # PIL reports unreadable files through several exception types
+        raise _unreadable(name, error) from None
+    with image:
+        if image.format != "PNG":
+            raise ValueError(f"{name}: not a PNG file ({image.format})")
+        if image.mode not in MASK_IMAGE_MODES:
+            raise ValueError(f"{name}: a mode-{image.mode} image; a mask must be single-channel (mode 1, L, P or I)")
+        width, height = image.size
+        if shape is not None and (height, width) != tuple(shape):
             raise ValueError(
-                f"{where}{role} has float dtype {array.dtype}: pass threshold= (foreground = value > threshold) "
-                "or give a bool/integer mask"
+                f"{name}: {width}x{height} pixels, but its ground-truth mask is {shape[1]}x{shape[0]}; "
+                "masks are never resized"
             )
-        return array
-    if kind == "f" and np.isnan(array).any():
-        raise ValueError(f"{where}{role} contains NaN")
-    # numpy compares an integer array with a float threshold exactly (no wrap-around of the dtype).
-    return array > threshold
+        if max_pixels is not None and width * height > max_pixels:
+            raise ValueError(f"{name}: {width}x{height} pixels, more than the {max_pixels:,} this reader takes")
+        try:
+            image.load()
+        except Exception as error:
+            raise _unreadable(name, error) from None
+        return _pixels(image)
 
 
 def _popcount(packed: np.ndarray) -> int:

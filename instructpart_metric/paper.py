@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from instructpart_dataset.schema import INSTRUCTION_TYPES
+from instructpart_dataset.schema import CONFIGS, INSTRUCTION_TYPES
 
 from .core import METRIC_KEYS
 
@@ -33,6 +33,14 @@ PUBLISHED_SOURCE = (
     "(repository zifuwan/PISA, commit 1e28142, static/images/quantitative_results.png); "
     "10 zero-shot methods on the 600-entry test split, percentages"
 )
+
+# The official test split the published rows were measured on, as `provenance.dataset_fingerprint` identifies it
+# (the same for the release folder and its Hub export). Ranks against the published rows are given only for
+# results on exactly these rows (`why_not_ranked`).
+OFFICIAL_TEST_SPLIT = {
+    "trps": {"rows": 1200, "fingerprint": "sha256:2e4ab46f4d8104b530dd76f6efa5ac536aa5508a0a7526dd2b71a17ae90eaf3b"},
+    "orps": {"rows": 2400, "fingerprint": "sha256:cddf043f2bb0baa8e973abfaa0784b781a70041d70bdef61aac898d6a43a9cf2"},
+}
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,112 @@ def _published_rows() -> tuple:
         row["printed_average"] = record["method"] == "Average"
         rows.append(row)
     return tuple(rows)
+
+
+def _dataset_block(provenance_or_fingerprints) -> dict:
+    """`{"split", "synthetic", "configs": {config: {"rows", "fingerprint"}}}` from any form `why_not_ranked` takes."""
+    found = provenance_or_fingerprints
+    if not isinstance(found, dict):
+        return {}
+    if isinstance(found.get("dataset"), dict):  # a provenance block
+        found = found["dataset"]
+    if isinstance(found.get("configs"), dict):  # a dataset identity
+        return found
+    # `{config: {"rows", "fingerprint"}}` or `{config: "sha256:..."}`
+    configs = {
+        config: value if isinstance(value, dict) else {"fingerprint": value}
+        for config, value in found.items()
+        if config in CONFIGS
+    }
+    return {"configs": configs}
+
+
+def _config_names(config) -> tuple:
+    if isinstance(config, str):
+        return tuple(part.strip() for part in config.split(",") if part.strip())
+    return tuple(config)
+
+
+def _reason_for(dataset: dict, config: str) -> str | None:
+    official = OFFICIAL_TEST_SPLIT[config]
+    found = (dataset.get("configs") or {}).get(config)
+    if not isinstance(found, dict) or not found.get("fingerprint"):
+        return f"no {config.upper()} dataset fingerprint recorded"
+    if found["fingerprint"] == official["fingerprint"]:
+        return None
+    if dataset.get("synthetic"):
+        return "synthetic data"
+    split = dataset.get("split")
+    if split is not None and split != "test":
+        return f"not the official test split: the {split} split"
+    rows = found.get("rows")
+    if not isinstance(rows, int):
+        return "not the official test split: its fingerprint differs"
+    per_entry = len(CONFIGS[config])  # rows per annotated part: 2 TRPS instructions, 4 ORPS ones
+    if rows != official["rows"]:
+        if rows % per_entry == 0:
+            return f"not the official test split: {rows // per_entry:,} of {official['rows'] // per_entry:,} entries"
+        return f"not the official test split: {rows:,} of {official['rows']:,} {config.upper()} rows"
+    return "not the official test split: same size, other data (its fingerprint differs)"
+
+
+def why_not_ranked(provenance_or_fingerprints, config) -> str | None:
+    """Why results may not be ranked against the published rows, in one line; None when they may.
+
+    The published rows were measured on the official 600-entry test split, so a rank means something only for
+    results on exactly those rows: every config's dataset fingerprint (`provenance.dataset_fingerprint`) must
+    equal the official one (`OFFICIAL_TEST_SPLIT`; a release folder and its Hub export give the same).
+
+    Args:
+        provenance_or_fingerprints: any of
+            - a results file's `provenance` block (`{"dataset": {...}, ...}`; `results["provenance"]`),
+            - its `dataset` block (`provenance.dataset_identity`: `{"source", "split", "configs": {config:
+              {"rows", "fingerprint"}}}`, optionally `"synthetic": True` for generated data),
+            - `{config: {"rows", "fingerprint"}}` or `{config: "sha256:..."}`,
+            - None (nothing recorded: not ranked).
+        config: the config(s) the ranked numbers come from: `"trps"`, `"orps"`, `"trps,orps"` or a sequence.
+
+    Returns:
+        None when every config's fingerprint is the official one; else the reason, e.g. `"synthetic data"`,
+        `"not the official test split: 60 of 600 entries"`, `"not the official test split: the train600 split"`,
+        `"no dataset fingerprint recorded"` (configs whose reasons differ are each named).
+    """
+    configs = _config_names(config)
+    if not configs:
+        raise ValueError("why_not_ranked: no config given")
+    for name in configs:
+        if name not in OFFICIAL_TEST_SPLIT:
+            raise ValueError(f"unknown config {name!r}: expected one of {', '.join(OFFICIAL_TEST_SPLIT)}")
+    dataset = _dataset_block(provenance_or_fingerprints)
+    if not dataset.get("configs"):
+        return "no dataset fingerprint recorded"
+    reasons = {name: _reason_for(dataset, name) for name in configs}
+    found = {reason for reason in reasons.values() if reason is not None}
+    if not found:
+        return None
+    if len(found) == 1:
+        return found.pop()
+    return "; ".join(f"{name.upper()}: {reason}" for name, reason in reasons.items() if reason is not None)
+
+
+def ranked_configs(models: dict) -> tuple:
+    """The configs whose paper columns any of `models` (`{name: paper_row}`) has: what its ranks would rest on."""
+    return tuple(
+        config
+        for config in CONFIGS
+        if any(
+            row.get(f"{group.key}_{metric}") is not None
+            for row in models.values()
+            for group in COLUMN_GROUPS
+            if group.task == config
+            for metric in METRIC_KEYS
+        )
+    )
+
+
+def not_ranked_line(reason: str) -> str:
+    """The line printed instead of ranks."""
+    return f"No ranks against the published rows: {reason} (they were measured on the official 600-entry test split; shown for reference)."
 
 
 def published_results(include_average: bool = True) -> list:
@@ -215,11 +329,21 @@ def _cell(value) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def format_paper_table(models: dict, orps_form: str = DEFAULT_ORPS_FORM, *, published: bool = False) -> str:
+def ranks_or_reason(models: dict, provenance) -> tuple:
+    """`(ranks, None)` when `models` were scored on the official test split (`why_not_ranked`), else `({}, reason)`."""
+    configs = ranked_configs(models)
+    reason = why_not_ranked(provenance, configs) if configs else "no paper column was scored"
+    return (rank_against_published(models), None) if reason is None else ({}, reason)
+
+
+def format_paper_table(
+    models: dict, orps_form: str = DEFAULT_ORPS_FORM, *, published: bool = False, provenance=None
+) -> str:
     """The paper's table as text: one row per model (`{name: paper_row}`, fractions), the four column
     groups x gIoU, cIoU, P@50:95, P@50 in percent, and the ORPS form under it. With `published`, the
     paper's methods come first (family OVS/RES/RS), your models follow marked `*`, the printed Average
-    row closes the table, and each model's rank in each column is listed under it."""
+    row closes the table, and under it each model's rank in each column, or (unless `provenance`, the
+    scored data's, shows the official test split: `why_not_ranked`) one line saying why there are none."""
     header = ["method", "family", *(metric for _ in COLUMN_GROUPS for metric in METRIC_KEYS)]
     body, rules = [], []
     if published:
@@ -252,13 +376,17 @@ def format_paper_table(models: dict, orps_form: str = DEFAULT_ORPS_FORM, *, publ
     if published:
         notes.append(f"Published rows: {PUBLISHED_SOURCE}. * = yours, on the split named above.")
         notes += same_system_lines(models)
-        notes += rank_lines(rank_against_published(models))
+        ranks, reason = ranks_or_reason(models, provenance)
+        notes += rank_lines(ranks) if reason is None else [not_ranked_line(reason)]
     return "\n".join(lines + notes)
 
 
-def format_paper_markdown(models: dict, orps_form: str = DEFAULT_ORPS_FORM, *, published: bool = False) -> str:
+def format_paper_markdown(
+    models: dict, orps_form: str = DEFAULT_ORPS_FORM, *, published: bool = False, provenance=None
+) -> str:
     """`format_paper_table` as a Markdown table (model cards): group and metric in each header cell, your
-    models in bold among the published rows when `published`, the ORPS form and the ranks under it."""
+    models in bold among the published rows when `published`, the ORPS form and the ranks (or why there are
+    none) under it. Cell text is the caller's: names are escaped by the caller."""
     header = ["method", "family", *(f"{g.title} {metric}" for g in COLUMN_GROUPS for metric in METRIC_KEYS)]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(PAPER_COLUMNS)]
     if published:
@@ -279,10 +407,11 @@ def format_paper_markdown(models: dict, orps_form: str = DEFAULT_ORPS_FORM, *, p
     if published:
         notes.append(f"Published rows: {PUBLISHED_SOURCE}.")
         notes += same_system_lines(models)
-        notes += [
-            "",
-            *(f"- {line.strip()}" for line in rank_lines(rank_against_published(models)) if line.startswith("  ")),
-        ]
+        ranks, reason = ranks_or_reason(models, provenance)
+        if reason is None:
+            notes += ["", *(f"- {line.strip()}" for line in rank_lines(ranks) if line.startswith("  "))]
+        else:
+            notes += ["", not_ranked_line(reason)]
     return "\n".join(lines + notes)
 
 
@@ -299,6 +428,7 @@ def add_orps_form_argument(parser) -> None:
 __all__ = [
     "COLUMN_GROUPS",
     "DEFAULT_ORPS_FORM",
+    "OFFICIAL_TEST_SPLIT",
     "ORPS_FORMS",
     "PAPER_COLUMNS",
     "PUBLISHED_SOURCE",
@@ -306,10 +436,14 @@ __all__ = [
     "check_orps_form",
     "format_paper_markdown",
     "format_paper_table",
+    "not_ranked_line",
     "ordinal",
     "orps_form_note",
     "paper_row",
     "published_results",
     "rank_against_published",
     "rank_lines",
+    "ranked_configs",
+    "ranks_or_reason",
+    "why_not_ranked",
 ]

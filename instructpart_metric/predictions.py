@@ -13,24 +13,18 @@ decoded and counted in worker processes (PNG decoding is the cost), so only inte
 back to the main process.
 """
 
-import io
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-
-try:
-    import pyarrow as pa
-except ImportError:  # an offline GPU node without datasets has no pyarrow: _pixels copies with numpy instead
-    pa = None
 from PIL import Image
 
 from instructpart_dataset.schema import SCORE_LABELS, sample_key
 from instructpart_dataset.toolbox.files import write_atomic
 
-from .core import MASK_IMAGE_MODES, StreamingScorer, array_counts
+from .core import StreamingScorer, array_counts, read_mask_png
 
 
 def prediction_path(folder: str, instruction_type: str, sample: str) -> str:
@@ -44,43 +38,6 @@ def save_prediction(folder: str, row: dict, mask: np.ndarray) -> str:
     image = Image.fromarray(np.asarray(mask, dtype=bool))
     write_atomic(path, lambda temporary: image.save(temporary, format="PNG"))
     return path
-
-
-def _pixels(image: Image.Image) -> np.ndarray:
-    """The (H, W) pixel values, viewed in place through Pillow's Arrow export where it can
-    (np.asarray copies them, which costs about half as much as decoding the PNG)."""
-    if pa is None:
-        return np.asarray(image)
-    try:
-        flat = pa.array(image)
-    except (ValueError, TypeError, NotImplementedError, pa.ArrowException):  # e.g. rows in several memory blocks
-        return np.asarray(image)
-    return flat.to_numpy(zero_copy_only=True).reshape(image.height, image.width)
-
-
-def _unreadable(name: str, error: Exception) -> ValueError:
-    return ValueError(f"{name}: unreadable PNG ({type(error).__name__}: {error})")
-
-
-def read_mask_png(source, name: str) -> np.ndarray:
-    """Decode a single-channel PNG (a path or bytes) to a read-only (H, W) array, non-zero = foreground.
-
-    Errors are ValueErrors whose message starts with `name`.
-    """
-    try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except Exception as error:  # PIL reports unreadable files through several exception types
-        raise _unreadable(name, error) from None
-    with image:
-        if image.format != "PNG":
-            raise ValueError(f"{name}: not a PNG file ({image.format})")
-        if image.mode not in MASK_IMAGE_MODES:
-            raise ValueError(f"{name}: a mode-{image.mode} image; a mask must be single-channel (mode 1, L, P or I)")
-        try:
-            image.load()
-        except Exception as error:
-            raise _unreadable(name, error) from None
-        return _pixels(image)
 
 
 def _size_error(path: str, shape: tuple, reference: tuple, sample: str) -> ValueError:

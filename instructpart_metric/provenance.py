@@ -160,6 +160,22 @@ def format_provenance(block: dict) -> list:
         lines.append(f"model dtype: {block['dtype']}")
     if block.get("answer_mode"):
         lines.append(f"answer: {block['answer_mode']}")
+    adapter = block.get("adapter") or {}
+    if adapter.get("prompts"):
+        vlm = adapter.get("vlm") or {}
+        where = f"; VLM {vlm['model']} at {vlm['base_url']}" if vlm.get("kind") == "api" else ""
+        box = f"; box format {adapter['box_format']}" if adapter.get("box_format") else ""
+        lines.append(f"prompts: sha256 {adapter['prompts']['sha256'][:16]}…{box}{where}")
+    usage = adapter.get("usage")
+    if usage:
+        lines.append(
+            f"api: {usage.get('requests', 0)} requests ({usage.get('retries', 0)} retries), cache "
+            f"{usage.get('cache_hits', 0)} hits / {usage.get('cache_misses', 0)} misses, tokens "
+            f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion"
+        )
+    failures = block.get("failures")
+    if failures:
+        lines.append(f"failures: {failures['rows']} rows failed and are scored as {failures['scored_as']}")
     predictions = block.get("predictions")
     if isinstance(predictions, dict):
         predictions = ", ".join(f"{name}={folder}" for name, folder in predictions.items())
@@ -168,7 +184,9 @@ def format_provenance(block: dict) -> list:
     for name, source in (block.get("evaluated") or {}).items():
         lines.append(f"{name} predicted by: {source['command']}")
         lines += [
-            f"  {line}" for line in format_provenance({**source, "command": None})[1:] if line.startswith("model")
+            f"  {line}"
+            for line in format_provenance({**source, "command": None})[1:]
+            if line.startswith(("model", "prompts", "api", "failures"))
         ]
     return lines
 

@@ -39,11 +39,13 @@ from .paper import (
     PUBLISHED_SOURCE,
     add_orps_form_argument,
     check_orps_form,
+    format_paper_table,
+    not_ranked_line,
     orps_form_note,
     paper_row,
     printed,
     published_results,
-    rank_against_published,
+    ranks_or_reason,
 )
 from .predictions import read_prediction, score_predictions
 from .provenance import command_line, dataset_identity, evaluated_by, format_provenance, provenance
@@ -157,6 +159,13 @@ def summarise(scorer: StreamingScorer, rows: RowIndex, model: str, orps_form: st
     return summary
 
 
+def console_paper_table(summaries: dict, orps_form: str = DEFAULT_ORPS_FORM, provenance: dict | None = None) -> str:
+    """The paper's table as text: the published rows, every model's row, and their ranks (official test split
+    only; else one line saying why there are none): what `report` and the demo print."""
+    models = {model: summary["paper"] for model, summary in summaries.items()}
+    return format_paper_table(models, orps_form, published=True, provenance=provenance)
+
+
 def console_tables(summaries: dict) -> str:
     """Paper-style text tables, one per model, rows per instruction type then TRPS / ORPS / gap."""
     blocks = []
@@ -197,17 +206,18 @@ def _headline_section(summaries: dict) -> str:
     )
 
 
-def _paper_table_section(summaries: dict, orps_form: str) -> str:
-    """The paper's main table: its published methods (grey, as printed), your models inserted with their
-    rank in each column, and the printed Average row; four column groups x gIoU, cIoU, P@50:95, P@50."""
+def _paper_table_section(summaries: dict, orps_form: str, provenance: dict | None) -> str:
+    """The paper's main table: its published methods (grey, as printed), your models inserted (with their
+    rank in each column when scored on the official test split, else a line saying why not), and the printed
+    Average row; four column groups x gIoU, cIoU, P@50:95, P@50."""
     published = published_results(include_average=False)
     ours = {model: summary["paper"] for model, summary in summaries.items()}
-    ranks = rank_against_published(ours)
+    ranks, reason = ranks_or_reason(ours, provenance)
     best = {}
     for column in PAPER_COLUMNS:
-        values = [row[column] for row in published] + [
-            printed(r[column]) for r in ours.values() if r[column] is not None
-        ]
+        values = [row[column] for row in published]
+        if reason is None:  # yours are compared with the published rows only on the same data
+            values += [printed(r[column]) for r in ours.values() if r[column] is not None]
         best[column] = max(values)
     groups = "".join(
         f'<th colspan="{len(METRIC_KEYS)}" class="group">{html.escape(g.title)}</th>' for g in COLUMN_GROUPS
@@ -246,11 +256,16 @@ def _paper_table_section(summaries: dict, orps_form: str) -> str:
         + html.published_cells(average)
         + "</tr>"
     )
+    if reason is None:
+        ranking = (
+            "Beside each of your numbers: its rank among the published methods and your models (ties share a rank)."
+        )
+    else:
+        ranking = f'</p><p class="lead" id="not-ranked"><b>{html.escape(not_ranked_line(reason))}</b>'
     return (
         '<section id="paper"><h2>Main results, as in the paper</h2>'
         '<p class="lead">The paper\'s table (grey: its 10 zero-shot methods on the 600-entry test split, as printed) with '
-        "your models inserted; percentages. Beside each of your numbers: its rank among the published methods and your "
-        "models (ties share a rank). The best value per column is in green.</p>"
+        f"your models inserted; percentages. {ranking} The best value per column is in green.</p>"
         f'<table id="paper-table" class="wide"><thead><tr><th rowspan="2" class="text">Method</th>'
         f'<th rowspan="2" class="text">Family</th>{groups}</tr>'
         f"<tr>{metrics}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -426,7 +441,7 @@ def write_report(
     body = "\n".join(
         [
             _headline_section(summaries),
-            _paper_table_section(summaries, orps_form),
+            _paper_table_section(summaries, orps_form, provenance),
             _results_table_section(summaries),
             _gap_section(summaries),
             _charts_section(summaries, rows, output_dir if save_figures else None),
@@ -439,6 +454,9 @@ def write_report(
     subtitle = f"{subtitle} · {counts}" if subtitle else counts
     html_path = os.path.join(output_dir, "report.html")
     numbers = {"models": summaries, "orps_form": orps_form}
+    reason = ranks_or_reason({model: summary["paper"] for model, summary in summaries.items()}, provenance)[1]
+    if reason is not None:
+        numbers["not_ranked"] = reason
     if provenance is not None:
         numbers["provenance"] = provenance
     write_json_atomic(os.path.join(output_dir, "report.json"), numbers, indent=1)

@@ -5,8 +5,9 @@
         [--overwrite] [--batch-size 8] [--by object ...] [--limit N] [--dtype bfloat16] [--adapter-arg NAME=VALUE ...]
     accelerate launch -m pisa_model.evaluate --model MODEL ...          # the same, sharded over processes
 
-MODEL is a PISA checkpoint folder or an adapter spec (the list: `--help`, from
-`pisa_model.adapters.ADAPTER_SPECS`). `centre-ellipse` takes its area from the train split of the same `--data-dir`.
+MODEL is a PISA checkpoint folder, an adapter spec (the list: `--help`, from
+`pisa_model.adapters.ADAPTER_SPECS`), or your own model, `path/to/file.py:FACTORY` or `package.module:FACTORY`
+(`pisa_model.adapters.registry`). `centre-ellipse` takes its area from the train split of the same `--data-dir`.
 
 Each process takes a contiguous slice of the rows with no padding (every row is scored exactly once,
 whatever the number of processes), predicts in batches and scores each row into a `StreamingScorer`
@@ -18,7 +19,9 @@ an earlier run's is there, unless `--overwrite`); with `--save-predictions`, eve
 writes `OUT/predictions/<instruction_type>/<id>.png` (mode "1", non-zero = foreground: the layout
 `python -m instructpart_metric score` and the report read), and the main process writes the adapter's
 per-sample extras to `OUT/predictions/<name>.jsonl` (reason-then-ground: `phrases.jsonl`; PISA with
-`--adapter-arg generate=true`: `answers.jsonl`, written with or without `--save-predictions`). Rows are read and
+`--adapter-arg generate=true` and vlm-box: `answers.jsonl`, written with or without `--save-predictions`). An
+adapter's rows that failed (an API VLM's, after their retries) stop the run with exit status 1 naming how many,
+writing no results.json and removing this run's predictions/, unless `--adapter-arg allow_failures=true`. Rows are read and
 decoded by `--num-workers` threads ahead of the model and PNGs are written from threads, so a fast model does not
 wait on JPEG decoding.
 
@@ -39,12 +42,12 @@ import time
 import numpy as np
 
 from instructpart_dataset.schema import LABEL_COLUMNS, SCORE_LABELS, row_key, row_labels
-from instructpart_dataset.toolbox.cli_errors import check_writable, run_command, writing
+from instructpart_dataset.toolbox.cli_errors import OperationFailed, check_writable, run_command, writing
 from instructpart_dataset.toolbox.files import write_text_atomic
 from instructpart_metric import StreamingScorer
 from instructpart_metric.cli import add_run_arguments
 from instructpart_metric.predictions import save_prediction
-from instructpart_metric.provenance import command_line, dataset_identity, model_identity, provenance
+from instructpart_metric.provenance import command_line, dataset_identity, format_provenance, model_identity, provenance
 from instructpart_metric.results import (
     RESULTS_FILE,
     build_results,
@@ -58,6 +61,14 @@ from .adapters import load_adapter, parse_option
 from .adapters.registry import specs_help
 
 PROG = "python -m pisa_model.evaluate"
+VLM_EXAMPLES = """
+
+Box-drawing VLMs, local or through any OpenAI-compatible endpoint (API: one request per row, cached on disk; the key
+from $OPENAI_API_KEY or --adapter-arg api_key_env=NAME; options concurrency, max_retries, timeout, longest_side,
+max_tokens, temperature, cache_dir, allow_failures):
+  --model vlm-box:Qwen/Qwen2.5-VL-7B-Instruct,facebook/sam-vit-huge
+  --model vlm-box:api:gpt-4o@https://api.openai.com/v1,facebook/sam-vit-huge --adapter-arg concurrency=8
+A row that fails after its retries stops the run (exit 1, naming how many) unless allow_failures=true."""
 
 
 def _row_batches(dataset, indices: list, batch_size: int, num_workers: int):
@@ -225,6 +236,10 @@ def evaluate_model(
     records = _gather(accelerator, records)
     seconds = max(_gather(accelerator, [seconds]))
     summary = adapter.summarize_extras(records) if records else {}
+    usage = _summed(_gather(accelerator, [adapter_usage(adapter)]))
+    failed = [record for record in records if record.get("failed")]
+    if failed and not getattr(adapter, "allow_failures", False):
+        raise OperationFailed(failed_rows_message(adapter.name, failed, len(merged)))
     extras_dir = extras_dir if extras_dir is not None else prediction_dir
     if extras_dir is not None and records and main:
         _write_jsonl(os.path.join(extras_dir, f"{adapter.extras_name}.jsonl"), records)
@@ -235,17 +250,56 @@ def evaluate_model(
         "seconds": seconds,
         "rows_per_second": len(merged) / seconds if seconds > 0 else float("inf"),
         "answer_mode": getattr(adapter, "answer_mode", None),
+        "record": adapter_record(adapter, usage),
+        "failed": [row_key(record) for record in failed],
     }
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return merged, extras
 
 
+def adapter_record(adapter, usage: dict) -> dict:
+    """What provenance keeps of an adapter's own settings (`record()`: prompts and their sha256, the VLM, ...)
+    and of what its run used (`usage`, summed over processes: requests, cache hits and misses, tokens)."""
+    record = dict(adapter.record()) if hasattr(adapter, "record") else {}
+    if usage:
+        record["usage"] = usage
+    return record
+
+
+def adapter_usage(adapter) -> dict:
+    return dict(adapter.usage()) if hasattr(adapter, "usage") else {}
+
+
+def _summed(counts: list) -> dict:
+    total = {}
+    for part in counts:
+        for name, value in part.items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
+def failed_rows_message(model: str, failed: list, rows: int) -> str:
+    """One line naming how many rows failed, the first few with their reasons, and what to do."""
+    shown = "; ".join(f"{row_key(r)}: {r['failed']}" for r in failed[:3]) + ("; ..." if len(failed) > 3 else "")
+    return (
+        f"{model}: {len(failed)} of {rows} rows failed ({shown}); no results written. The answered rows are "
+        "cached: run again to ask only for these, or add --adapter-arg allow_failures=true to score them as "
+        "empty masks"
+    )
+
+
 def _predict_and_score(adapter, batches, total, scorer, records, writer, label, progress) -> None:
     from tqdm.auto import tqdm
 
+    with_types = getattr(adapter, "takes_instruction_types", False)
     for rows in tqdm(batches, total=total, desc=label, unit="batch", disable=not progress):
-        masks, extras = adapter.predict_with_extras([r["image"] for r in rows], [r["instruction"] for r in rows])
+        images, instructions = [r["image"] for r in rows], [r["instruction"] for r in rows]
+        if with_types:  # its prompts differ per task form
+            kinds = [r["instruction_type"] for r in rows]
+            masks, extras = adapter.predict_with_extras(images, instructions, instruction_types=kinds)
+        else:
+            masks, extras = adapter.predict_with_extras(images, instructions)
         if len(masks) != len(rows) or (extras is not None and len(extras) != len(rows)):
             raise ValueError(f"{adapter.name} returned {len(masks)} masks for {len(rows)} rows")
         for position, (row, mask) in enumerate(zip(rows, masks)):
@@ -273,10 +327,15 @@ def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Score a model on InstructPart (gIoU, cIoU, P@50:95, P@50).",
-        epilog="MODEL specs (CKPT: a local folder or a Hub repo id):\n" + specs_help(),
+        epilog="MODEL specs (CKPT: a local folder or a Hub repo id):\n" + specs_help() + VLM_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="PISA checkpoint folder or adapter spec (NAME[:CHECKPOINT])")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="PISA checkpoint folder, adapter spec (NAME[:CHECKPOINT]), or your own model: "
+        "path/to/file.py:FACTORY or package.module:FACTORY",
+    )
     parser.add_argument("--data-dir", required=True, help="release folder, exported dataset folder or Hub repo id")
     add_run_arguments(parser)  # --config trps,orps, --orps-form, --compare-published, --overwrite
     parser.add_argument("--split", default="test")
@@ -337,18 +396,23 @@ def run(args) -> dict:
                 raise ValueError(f"{args.data_dir}: no {config} rows in the {args.split} split")
             by_config[config] = dataset
     rows = datasets.concatenate_datasets(list(by_config.values())) if len(configs) > 1 else by_config[configs[0]]
-    scorer, extras = evaluate_model(
-        args.model,
-        rows,
-        batch_size=args.batch_size,
-        accelerator=accelerator,
-        prediction_dir=prediction_dir,
-        dtype=args.dtype,
-        adapter_options=options,
-        progress=not args.no_progress,
-        num_workers=args.num_workers,
-        extras_dir=os.path.join(output_dir, "predictions"),  # e.g. PISA's generated answers.jsonl
-    )
+    try:
+        scorer, extras = evaluate_model(
+            args.model,
+            rows,
+            batch_size=args.batch_size,
+            accelerator=accelerator,
+            prediction_dir=prediction_dir,
+            dtype=args.dtype,
+            adapter_options=options,
+            progress=not args.no_progress,
+            num_workers=args.num_workers,
+            extras_dir=os.path.join(output_dir, "predictions"),  # e.g. PISA's generated answers.jsonl
+        )
+    except OperationFailed:
+        if prediction_dir is not None and accelerator.is_main_process:
+            shutil.rmtree(prediction_dir, ignore_errors=True)  # this run's masks, half of them empty: not kept
+        raise
     results = {}
     if accelerator.is_main_process:
         results = evaluation_results(scorer, configs, by_config, args, extras, accelerator.num_processes)
@@ -359,6 +423,8 @@ def run(args) -> dict:
                 results, extras["model"], breakdowns=tuple(args.by), compare_published=args.compare_published
             )
         )
+        for line in run_summary_lines(results):
+            print(line)
         if "reasoning" in results:
             reasoning = results["reasoning"]["all"]
             print(
@@ -392,6 +458,10 @@ def evaluation_results(scorer, configs: tuple, by_config: dict, args, extras: di
             dtype=args.dtype or "float32",
             # How PISA's answer was produced changes its numbers, so it belongs with the model, not the timing.
             **({"answer_mode": extras["answer_mode"]} if extras.get("answer_mode") else {}),
+            # The adapter's prompts (with their sha256), its VLM's settings and what the run used (API requests,
+            # cache hits, tokens): two runs with different prompts never carry the same provenance.
+            **({"adapter": extras["record"]} if extras.get("record") else {}),
+            **({"failures": _failures(extras["failed"])} if extras.get("failed") else {}),
         ),
     )
     results["execution"] = {
@@ -400,6 +470,28 @@ def evaluation_results(scorer, configs: tuple, by_config: dict, args, extras: di
         "rows_per_second": round(extras["rows_per_second"], 3),
     }
     return results
+
+
+def _failures(keys: list) -> dict:
+    return {"rows": len(keys), "scored_as": "empty masks (allow_failures=true)", "keys": list(keys)}
+
+
+def run_summary_lines(results: dict) -> list:
+    """What the console says about boxes, failed rows and API usage, after the tables."""
+    lines = []
+    boxes = (results.get("boxes") or {}).get("all")
+    if boxes:
+        lines.append(
+            f"\nboxes: {boxes['boxed']} of {boxes['rows']} rows boxed, {boxes['abstained']} abstained "
+            f"(empty masks), {boxes['failed']} failed"
+        )
+    failures = (results.get("provenance") or {}).get("failures")
+    if failures:
+        lines.append(f"{failures['rows']} rows failed and are scored as empty masks (allow_failures=true)")
+    lines += [
+        line for line in format_provenance(results.get("provenance") or {}) if line.startswith(("prompts", "api"))
+    ]
+    return lines
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 results) and a body saying what the model is, how to use it, how it was trained and evaluated."""
 
 import os
+import re
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -25,8 +26,13 @@ linear layers. This implementation is the `instructpart` project's; no official 
 |---|---|
 {{ architecture_rows }}
 
-{% if space_url %}Try it in the demo Space: {{ space_url }} (custom-code models get no serverless widget on the Hub).
-{% endif %}
+{% if space_url %}Try it in the demo Space: {{ space_url }}. The Hub shows no inference widget for this model: no
+Inference Provider serves custom-code (`trust_remote_code`) checkpoints, so this card carries no `widget:` block.
+{% endif %}{% if examples %}
+Example (the photo is in this repository; a generated picture, not a dataset photo):
+
+{% for src, text in examples %}![{{ text }}]({{ src }}) *"{{ text }}"*
+{% endfor %}{% endif %}
 ## How to use
 
 ```python
@@ -49,10 +55,14 @@ masks = model.predict([Image.open("kitchen.jpg")], ["handle of the cabinet"])  #
 
 {{ evaluation }}
 
+## Licence
+
+{{ licence }}
+
 ## Limitations
 
 The model predicts one mask per instruction and always predicts a part: it has no "nothing to segment"
-answer. It was trained on English instructions about everyday household objects; other domains and
+answer. InstructPart's instructions are English and its objects everyday household ones; other domains and
 languages are untested. Scores on InstructPart's 600 test entries move by a point or two between runs.
 
 ## Citation
@@ -67,10 +77,11 @@ def load_results(paths: list) -> dict:
     """`{path: results dict}` from the files `pisa_model.evaluate` writes (`results.json`, one or both tasks each);
     a task scored in two of them is refused."""
     from instructpart_metric.results import load_results as load_results_file
+    from instructpart_metric.results import validate_results
 
     loaded, seen = {}, {}
     for path in paths:
-        results = load_results_file(path)
+        results = validate_results(load_results_file(path), path)
         for task in results["configs"]:
             if task in seen:
                 raise ValueError(f"{path}: {task.upper()} results again (already in {seen[task]})")
@@ -80,19 +91,33 @@ def load_results(paths: list) -> dict:
 
 
 def _eval_results(results_by_file: dict, dataset_id: str) -> list:
+    """model-index entries; the dataset is named with its revision (the scored rows' fingerprint) and entry count, and
+    only the official test split is called plainly "test" (`paper.why_not_ranked`)."""
+    from instructpart_dataset.schema import CONFIGS
+    from instructpart_metric.paper import why_not_ranked
+
     entries = []
     for results in results_by_file.values():
-        split = results.get("provenance", {}).get("dataset", {}).get("split", "test")
+        dataset = (results.get("provenance") or {}).get("dataset") or {}
+        split = dataset.get("split", "test")
         for task, block in results["configs"].items():
+            scored = (dataset.get("configs") or {}).get(task) or {}
+            rows = scored.get("rows", block["all"].get("num_samples"))
+            count = rows // len(CONFIGS[task]) if isinstance(rows, int) else None
+            reason = why_not_ranked(dataset, task)
+            name = "InstructPart" if reason is None else f"InstructPart ({reason})"
+            label = split if reason is None else f"{split} ({count} entries)"
             for metric, metric_id in METRIC_IDS.items():
                 entries.append(
                     EvalResult(
                         task_type="image-segmentation",
                         task_name=f"Part segmentation ({task.upper()})",
                         dataset_type=dataset_id,
-                        dataset_name="InstructPart",
+                        dataset_name=name,
                         dataset_config=task,
-                        dataset_split=split,
+                        dataset_split=label,
+                        dataset_revision=scored.get("fingerprint"),
+                        dataset_args={"entries": count, "rows": rows},
                         metric_type=metric_id,
                         metric_name=f"{metric} ({task.upper()})",
                         metric_value=round(100 * block["all"][metric], 2),
@@ -130,10 +155,17 @@ def _evaluation_section(results_by_file: dict, name: str, compare_published: boo
                 lines.append(f"| {task.upper()} | {row} | {cells} | {metrics.get('num_samples', '')} |")
         paper = results["paper"]
         lines += ["", "In the layout of the paper's main table:", ""]
-        lines.append(format_paper_markdown({name: paper["columns"]}, paper["orps_form"], published=compare_published))
+        lines.append(
+            format_paper_markdown(
+                {name: paper["columns"]},
+                paper["orps_form"],
+                published=compare_published,
+                provenance=results.get("provenance"),
+            )
+        )
         provenance = format_provenance(results.get("provenance"))
         if provenance:
-            lines += ["", "Provenance:", ""] + [f"- `{line}`" for line in provenance]
+            lines += ["", "Provenance:", ""] + [f"- `{public_text(line)}`" for line in provenance]
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -158,6 +190,62 @@ def _architecture_rows(config) -> str:
     return "\n".join(f"| {name} | {value} |" for name, value in rows)
 
 
+def _training_section(checkpoint: str, config) -> str:
+    """What the checkpoint was trained on, from the record the training run keeps beside its weights."""
+    import json
+
+    from .train import TRAINING_DATA_FILE
+
+    losses = (
+        f"LISA's losses: language-model cross-entropy x{config.ce_loss_weight}, mask BCE x{config.bce_loss_weight}, "
+        f"Dice x{config.dice_loss_weight}; DINOv2 and LLaVA's vision tower stay frozen."
+    )
+    try:
+        with open(os.path.join(checkpoint, TRAINING_DATA_FILE), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return f"Trained with `accelerate launch -m pisa_model.train` ({losses}) The training data was not recorded."
+    configs = " and ".join(str(c).upper() for c in record.get("configs", []))
+    rows = f"{record.get('rows', '?'):,}" if isinstance(record.get("rows"), int) else "?"
+    if record.get("synthetic"):
+        data = f"synthetic data, not InstructPart ({_plain(record['synthetic'])}): {rows} {configs} rows"
+    else:
+        data = f"the `{_plain(record.get('split'))}` split of `{_plain(record.get('data'))}`: {rows} {configs} rows"
+    return f"Trained with `accelerate launch -m pisa_model.train` on {data} ({losses})"
+
+
+_LOCAL_PATH = re.compile(r"(?<![\w:/.])(?:~|\.{1,2})?/[^\s,;'\"`=]*|\b[A-Za-z]:\\[^\s,;'\"`=]*")
+
+
+def public_text(text) -> str:
+    """Recorded text as a public card shows it: one line inside Markdown inline code (no backticks, no line breaks),
+    local paths cut to their last component (`/home/me/data/InstructPart` -> `…/InstructPart`)."""
+
+    def last_part(found):
+        parts = [p for p in re.split(r"[\\/]", found.group(0)) if p]
+        return "…/" + parts[-1] if parts else "…/"
+
+    return _LOCAL_PATH.sub(last_part, _plain(text))
+
+
+def _plain(value) -> str:
+    """Text from a record, safe inside Markdown inline code and YAML-free body text."""
+    return str(value).replace("`", "'").replace("\n", " ").replace("\r", " ")
+
+
+def _licence_text(license: str | None) -> str:
+    if license:
+        return (
+            f"`{_plain(license)}`, as chosen by the uploader. The parts the checkpoint was built from keep their "
+            "own licences, and the InstructPart data states none."
+        )
+    return (
+        "Not stated: no licence was chosen when this checkpoint was published (`upload.py model` without "
+        "`--license`), so the card says `unknown`. Ask the author before reusing it; the parts it was built from "
+        "keep their own licences."
+    )
+
+
 def render_model_card(
     checkpoint: str,
     repo_id: str,
@@ -165,16 +253,19 @@ def render_model_card(
     results_files: list | None = None,
     dataset_id: str = "instructpart",
     base_models: list | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     space_url: str | None = None,
     training: str | None = None,
-    widget_examples: list | None = None,
+    examples: list | None = None,
     compare_published: bool = False,
 ) -> ModelCard:
     """The card of the checkpoint folder `checkpoint` published as `repo_id`.
 
     `dataset_id` is the Hub dataset the results refer to; `base_models` the parts it was built from (Hub ids, as
-    given to `from_components`); `widget_examples` are `(file name in the repo, instruction)` pairs shown as the card's examples.
+    given to `from_components`); `examples` are `(file name in the repo, instruction)` pairs shown in the card's body
+    (the Hub runs no widget for custom-code models, so there is no `widget:` block); `license` is the uploader's choice
+    (None: `unknown`, and the card says no licence was chosen); the training data comes from the checkpoint's
+    `training_data.json` (written by `pisa_model.train`).
     `results_files` are results.json files of `pisa_model.evaluate`; `compare_published` puts the paper's published
     methods beside them, with ranks, in the evaluation section.
     """
@@ -185,15 +276,10 @@ def render_model_card(
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-segmentation",
-        license=license,
+        license=license or "unknown",
         datasets=[dataset_id],
         base_model=list(base_models) if base_models else None,
         tags=["pisa", "instructpart", "part-segmentation", "reasoning-segmentation", "custom_code"],
-        widget=[
-            {"src": f"https://huggingface.co/{repo_id}/resolve/main/{name}", "text": text}
-            for name, text in (widget_examples or [])
-        ]
-        or None,
         model_name=repo_id.split("/")[-1],
         eval_results=_eval_results(results_by_file, dataset_id) or None,
     )
@@ -210,12 +296,12 @@ def render_model_card(
         summary=summary,
         architecture_rows=_architecture_rows(config),
         space_url=space_url,
-        training=training
-        or (
-            "Trained with `accelerate launch -m pisa_model.train` on InstructPart TRPS and ORPS rows (LISA's losses: "
-            f"language-model cross-entropy x{config.ce_loss_weight}, mask BCE x{config.bce_loss_weight}, "
-            f"Dice x{config.dice_loss_weight}); DINOv2 and LLaVA's vision tower stay frozen."
-        ),
+        training=training or _training_section(checkpoint, config),
+        examples=[
+            (f"https://huggingface.co/{repo_id}/resolve/main/{name}", _plain(text).replace('"', "'"))
+            for name, text in (examples or [])
+        ],
+        licence=_licence_text(license),
         evaluation=_evaluation_section(results_by_file, repo_id.split("/")[-1], compare_published),
         citation=CITATION,
     )

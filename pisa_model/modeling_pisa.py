@@ -345,6 +345,34 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
     def get_output_embeddings(self):
         return self.llava.get_output_embeddings()
 
+    def activation_checkpointing_enable(self, *args, **kwargs):
+        """transformers' activation checkpointing, except in the frozen towers (DINOv2, and LLaVA's vision tower
+        and projector unless trained): nothing of theirs is recomputed for backward, so checkpointing them would
+        only keep their layers' inputs for nothing."""
+        super().activation_checkpointing_enable(*args, **kwargs)
+        for tower in self._frozen_towers():
+            for module in tower.modules():
+                if getattr(module, "gradient_checkpointing", False):
+                    module.gradient_checkpointing = False
+
+    def _frozen_towers(self) -> list:
+        towers = [self.dinov2]
+        if self.config.freeze_vision_tower:
+            towers += [self.llava.model.vision_tower, self.llava.model.multi_modal_projector]
+        return towers
+
+    def enable_input_require_grads(self):
+        """Make the token embeddings' output require grad (activation checkpointing calls this, so that gradients
+        reach LoRA adapters through checkpointed layers), and nothing else: transformers' version hooks every input
+        embedding it finds, CLIP's patch embedding included, which would run the frozen vision tower and projector
+        through backward, where LISA keeps them under no_grad."""
+
+        def require_grads(module, inputs, output):
+            output.requires_grad_(True)
+
+        self._require_grads_hooks = [self.get_input_embeddings().register_forward_hook(require_grads)]
+        self._require_grads_hook = self._require_grads_hooks[0]
+
     # --- forward --------------------------------------------------------------------------------------------
 
     def get_image_wide_positional_embeddings(self, grid: int) -> torch.Tensor:
@@ -525,6 +553,7 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
         generate: bool = False,
         max_new_tokens: int = 32,
         return_answers: bool = False,
+        return_has_seg: bool = False,
     ):
         r"""
         Segment the part each instruction asks for.
@@ -547,10 +576,13 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
             generate (`bool`, *optional*, defaults to `False`): generate the answer instead of teacher-forcing it.
             max_new_tokens (`int`, *optional*, defaults to 32): the bound on a generated answer's length.
             return_answers (`bool`, *optional*): also return the answers (the fixed answer when teacher-forced).
+            return_has_seg (`bool`, *optional*): also return whether each answer holds the `[SEG]` token, decided by
+                its id (`config.seg_token_id`), the rule that gives the mask (teacher-forced answers always do).
 
         Returns:
             `list[np.ndarray]`: one bool (H, W) mask per image, at the (upright) image's size (logit > 0); with
-            `return_answers=True`, `(masks, answers)`.
+            `return_answers=True`, `(masks, answers)`; with `return_has_seg=True` too, `(masks, answers, has_seg)`
+            (`(masks, has_seg)` without answers).
         """
         processor = processor if processor is not None else self.get_processor()
         images, instructions = as_image_batch(images, instructions)
@@ -567,7 +599,7 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="predict", unit="batch")
-        masks, answers = [], []
+        masks, answers, has_seg = [], [], []
         try:
             for start in starts:
                 batch = processor(
@@ -578,16 +610,19 @@ class PisaForPartSegmentation(PisaPreTrainedModel):
                 if generate:
                     outputs = self.generate_segmentation(batch, processor, max_new_tokens=max_new_tokens)
                     answers += outputs.answers
+                    has_seg += outputs.has_seg.tolist()
                 else:
                     outputs = self(**self.prepare_inputs(batch), logits_to_keep=1)
                     answers += [processor.answer.strip()] * len(batch["input_ids"])
+                    has_seg += [True] * len(batch["input_ids"])
                 for mask in processor.post_process_masks(
                     outputs.pred_masks, batch["original_sizes"], batch["reshaped_input_sizes"]
                 ):
                     masks.append(mask.cpu().numpy().astype(bool))
         finally:
             self.train(was_training)
-        return (masks, answers) if return_answers else masks
+        extras = [answers] * return_answers + [has_seg] * return_has_seg
+        return (masks, *extras) if extras else masks
 
     @torch.inference_mode()
     def generate_segmentation(self, batch, processor: PisaProcessor, max_new_tokens: int = 32) -> PisaGenerationOutput:

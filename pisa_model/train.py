@@ -11,12 +11,19 @@ Starting points: `--init-from tiny` (the tiny random model of `pisa_model.tiny`)
 LLAVA,DINOV2,SAM` (pretrained parts), or `--init-from PATH` (a saved PISA checkpoint). `--resume-from
 OUT/checkpoints/checkpoint-N` (or `latest`) continues a run exactly: model, optimizer, scheduler, RNG states and
 the position in the data stream. A resume takes the settings recorded in the checkpoint (`RUN_SETTINGS`: leave
-them out); one given with another value is refused, naming it, as is a checkpoint already past `--max-steps`.
+them out); one given with another value is refused, naming it, as is a checkpoint already past `--max-steps`. The
+checkpoint policy (`CHECKPOINT_POLICY`: --save-steps, --save-total-limit) is recorded too and adopted when left out,
+but may change on a resume (printed).
 
 One run per output folder: a run holds an advisory lock on OUT (`flock`, released by the kernel when the process
 ends, however it ends), and a fresh run refuses an OUT that holds another run's checkpoints, metrics or model
 unless `--overwrite-output-dir` (which removes the old checkpoints and metrics first). A run resuming from one
-of OUT's own checkpoints continues there, dropping the metrics logged after that checkpoint.
+of OUT's own checkpoints continues there, dropping the metrics logged after that checkpoint. A folder without a
+complete checkpoint holds no run to lose: a fresh run starts there, and `--resume-from latest` starts at step 0.
+
+A checkpoint is written whole to `checkpoint-N.partial` and renamed into place (`_move_into_place`: one saved again
+replaces the old atomically); the next start removes what an interrupted save left (`_tidy_checkpoints`). A full
+disk during a save is one line naming the folder and the bytes needed, with nothing half-written left.
 
 The data stream is defined in optimizer steps: step s uses samples [s*G, (s+1)*G) of an endless sequence of
 seeded per-epoch permutations of the rows (G = batch size x accumulation x processes; process r takes the r-th
@@ -26,6 +33,8 @@ per epoch. The final model (with its processor and custom code) is saved to OUT;
 
 import argparse
 import contextlib
+import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -70,6 +79,12 @@ RUN_SETTINGS = (
     "max_steps",
 )
 SCHEDULERS_WITHOUT_HORIZON = ("constant", "constant_with_warmup")
+# How often a run saves and how many checkpoints it keeps: recorded with the settings and adopted by a resume that
+# leaves them out, but a resume may change them (it says so): they do not change what is trained.
+CHECKPOINT_POLICY = ("save_steps", "save_total_limit")
+PARTIAL = ".partial"  # a checkpoint being written
+ASIDE = ".old"  # a checkpoint moved aside while its replacement is renamed into place
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lora-rank",
         type=int,
         default=None,
-        help="LoRA rank on the language model (new models only); default: LISA's 8 with --from-components, 0 "
-        "with --init-from tiny; 0 = full fine-tuning of the language model",
+        help="LoRA rank on the language model; default: LISA's 8 with --from-components, 0 with --init-from tiny, "
+        "a checkpoint's own adapters with --init-from CHECKPOINT (one without adapters needs R for new ones or 0); "
+        "0 = full fine-tuning of the language model",
     )
     parser.add_argument("--lora-alpha", type=int, default=16)
     parser.add_argument("--lora-dropout", type=float, default=0.05)
@@ -193,14 +209,17 @@ def _output_dir_lock(folder: str, enabled: bool = True):
 
 
 def _previous_run_files(output_dir: str) -> list:
-    """What an earlier run left in `output_dir`: checkpoints, its metrics log, its final model."""
-    found = []
-    folder = os.path.join(output_dir, CHECKPOINTS)
-    if os.path.isdir(folder) and any(name.startswith("checkpoint-") for name in os.listdir(folder)):
-        found.append(os.path.join(CHECKPOINTS, ""))
-    for name in (METRICS_FILE, "model.safetensors", "model.safetensors.index.json"):
-        if os.path.exists(os.path.join(output_dir, name)):
-            found.append(name)
+    """What an earlier run left in `output_dir` that a fresh run would lose: complete checkpoints, its final model
+    (and its metrics log beside them). A folder holding neither (a run killed before its first checkpoint, or one
+    whose save failed) is free for a fresh run."""
+    found = [os.path.join(CHECKPOINTS, "")] if _complete_checkpoints(output_dir) else []
+    found += [
+        name
+        for name in ("model.safetensors", "model.safetensors.index.json")
+        if os.path.exists(os.path.join(output_dir, name))
+    ]
+    if found and os.path.exists(os.path.join(output_dir, METRICS_FILE)):
+        found.insert(1 if found[0].startswith(CHECKPOINTS) else 0, METRICS_FILE)
     return found
 
 
@@ -217,9 +236,10 @@ def _prepare_output_dir(args, resume) -> None:
     if not previous or own_checkpoint:
         return
     if not args.overwrite_output_dir:
+        resume_it = "resume it with --resume-from latest, " if _complete_checkpoints(args.output_dir) else ""
         raise ValueError(
-            f"{args.output_dir} holds another run ({', '.join(previous)}): resume it with --resume-from latest, "
-            "choose another --output-dir, or pass --overwrite-output-dir to start over there"
+            f"{args.output_dir} holds another run ({', '.join(previous)}): {resume_it}choose another --output-dir, "
+            "or pass --overwrite-output-dir to start over there"
         )
     shutil.rmtree(os.path.join(args.output_dir, CHECKPOINTS), ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
@@ -227,7 +247,8 @@ def _prepare_output_dir(args, resume) -> None:
 
 
 def _adopt_run_settings(args, given: set, state: dict, checkpoint: str) -> None:
-    """Continue with the settings `checkpoint` was trained with: adopt those left out, refuse changed ones."""
+    """Continue with the settings `checkpoint` was trained with: adopt those left out, refuse changed ones (the
+    checkpoint policy may change: see `_adopt_checkpoint_policy`)."""
     step = int(state["step"])
     if args.max_steps is not None and "max_steps" in given and step > args.max_steps:
         raise ValueError(
@@ -248,10 +269,26 @@ def _adopt_run_settings(args, given: set, state: dict, checkpoint: str) -> None:
             )
         if name not in given:
             setattr(args, name, recorded[name])
+    _adopt_checkpoint_policy(args, given, recorded, checkpoint)
     if args.max_steps is not None and step > args.max_steps:
         raise ValueError(
             f"{checkpoint} is at step {step}, past --max-steps {args.max_steps}: there is nothing left to train"
         )
+
+
+def _adopt_checkpoint_policy(args, given: set, recorded: dict, checkpoint: str) -> None:
+    """--save-steps and --save-total-limit: the run's own when left out; a new value is taken and said."""
+    for name in CHECKPOINT_POLICY:
+        if name not in recorded:  # a checkpoint from before the policy was recorded
+            continue
+        if name not in given:
+            setattr(args, name, recorded[name])
+        elif getattr(args, name) != recorded[name] and _is_main_rank():
+            print(
+                f"pisa_model.train: {_flag(name)} {getattr(args, name)} replaces the {recorded[name]} that "
+                f"{checkpoint} was saved with",
+                file=sys.stderr,
+            )
 
 
 def _truncate_metrics(path: str, last_step: int) -> None:
@@ -303,8 +340,8 @@ COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 def _apply_lisa_defaults(args):
     """LISA's recipe for pretrained parts (LoRA r=8 on q_proj/v_proj): full fine-tuning of the 6.7 B language model
     does not fit an 80 GB GPU, so it is only done when asked (`--lora-rank 0`)."""
-    if args.lora_rank is None:
-        args.lora_rank = 8 if args.from_components else 0
+    if args.lora_rank is None and (args.from_components or args.tiny or args.init_from == "tiny"):
+        args.lora_rank = 8 if args.from_components else 0  # a checkpoint's own is left to `_checkpoint_lora`
     if args.mask_input_size is None:
         from .configuration_pisa import DEFAULT_MASK_INPUT_SIZE
 
@@ -367,30 +404,81 @@ def _build_model(args):
         if not os.path.exists(init_from) and os.path.sep in init_from.rstrip(os.path.sep):
             raise FileNotFoundError(f"--init-from {init_from}: no such checkpoint folder")
         model = PisaForPartSegmentation.from_pretrained(init_from)
+        _checkpoint_lora(model, args, init_from)
         model, processor, origin = model, model.get_processor(), f"checkpoint {init_from}"
     model.apply_dtype_policy(compute_dtype)
     return model, processor, origin
 
 
+def _checkpoint_lora(model, args, checkpoint: str) -> None:
+    """The LoRA setting of a run started from a saved checkpoint. One with adapters trains them (a --lora-rank that
+    differs is refused). One without (a LoRA checkpoint saved merged, or a fully fine-tuned one) would have its
+    whole language model trained: that is done only with --lora-rank 0; --lora-rank R puts new adapters on it, as
+    LISA trains LoRA on merged weights; with neither, the run is refused."""
+    own = model.config.lora_rank
+    if own > 0:
+        if args.lora_rank not in (None, own):
+            raise ValueError(
+                f"--lora-rank {args.lora_rank}: {checkpoint} holds LoRA adapters of rank {own}, which the run trains "
+                "(leave --lora-rank out)"
+            )
+        args.lora_rank = own
+        return
+    if args.lora_rank is None:
+        language_model = sum(p.numel() for p in model.llava.model.language_model.parameters())
+        raise ValueError(
+            f"--init-from {checkpoint}: its language model has no LoRA adapters (a checkpoint saved merged?), so "
+            f"training would fine-tune all {language_model:,} of its parameters: pass --lora-rank R for new "
+            "adapters (LISA: 8) or --lora-rank 0 for full fine-tuning"
+        )
+    if args.lora_rank > 0:
+        model.config.update(_lora_options(args))
+        model._inject_lora()
+        model._set_trainable()
+
+
+def _complete_checkpoints(output_dir) -> dict:
+    """{step: folder} of the complete checkpoints under OUTPUT_DIR/checkpoints (a folder is complete once it holds
+    its state file, written last). A checkpoint moved aside for its replacement (see `_move_into_place`) counts
+    under its own name while no replacement stands there: `_tidy_checkpoints` moves it back."""
+    root = os.path.join(output_dir, CHECKPOINTS)
+    found = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        number = name[len("checkpoint-") :].removesuffix(ASIDE)
+        if name.startswith("checkpoint-") and number.isdigit() and os.path.isfile(os.path.join(root, name, STATE_FILE)):
+            found.setdefault(int(number), os.path.join(root, f"checkpoint-{number}"))
+    return found
+
+
 def _latest_checkpoint(output_dir):
-    folder = os.path.join(output_dir, CHECKPOINTS)
-    steps = []
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            number = name[len("checkpoint-") :]
-            if (
-                name.startswith("checkpoint-")
-                and number.isdigit()
-                and os.path.isfile(os.path.join(folder, name, STATE_FILE))
-            ):
-                steps.append(int(number))
-    if not steps:
-        raise FileNotFoundError(f"--resume-from latest: no complete checkpoint under {folder}")
-    return os.path.join(folder, f"checkpoint-{max(steps)}")
+    """The newest complete checkpoint of OUTPUT_DIR, or None."""
+    found = _complete_checkpoints(output_dir)
+    return found[max(found)] if found else None
+
+
+def _tidy_checkpoints(output_dir) -> None:
+    """Finish what an interrupted save left in OUTPUT_DIR/checkpoints: a checkpoint moved aside for a replacement
+    that never arrived goes back (one whose replacement stands goes), and unfinished saves (`.partial`) go."""
+    root = os.path.join(output_dir, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name.endswith(ASIDE):
+            replacement = path.removesuffix(ASIDE)
+            if os.path.isfile(os.path.join(replacement, STATE_FILE)):
+                shutil.rmtree(path)
+            else:
+                shutil.rmtree(replacement, ignore_errors=True)
+                os.replace(path, replacement)
+        elif name.endswith(PARTIAL):
+            shutil.rmtree(path)
 
 
 def _read_state(checkpoint):
     path = os.path.join(checkpoint, STATE_FILE)
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(checkpoint + ASIDE, STATE_FILE)):
+        path = os.path.join(checkpoint + ASIDE, STATE_FILE)  # another process is moving it back (`_tidy_checkpoints`)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{checkpoint}: not a training checkpoint ({STATE_FILE} missing)")
     try:
@@ -402,36 +490,93 @@ def _read_state(checkpoint):
     return state
 
 
-def _save_checkpoint(accelerator, args, step, stream):
+def _move_into_place(new: str, folder: str) -> None:
+    """Make the complete checkpoint `new` the one at `folder`, so that a kill at any moment leaves a complete
+    checkpoint there or beside it: an existing one is moved aside, the new one renamed into place, and only then
+    is the old one removed (`_tidy_checkpoints` finishes the job after a kill in between)."""
+    aside = folder + ASIDE
+    if os.path.isdir(folder):
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(folder, aside)
+    os.replace(new, folder)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _prune_checkpoints(output_dir, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints (0: all)."""
+    if keep > 0:
+        found = _complete_checkpoints(output_dir)
+        for step in sorted(found)[:-keep]:
+            shutil.rmtree(found[step], ignore_errors=True)
+
+
+def _state_bytes(tensors) -> int:
+    """Bytes of the tensors in a (nested) state, each storage once."""
+    seen, total = set(), 0
+    stack = [tensors]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, torch.Tensor) and item.untyped_storage().data_ptr() not in seen:
+            seen.add(item.untyped_storage().data_ptr())
+            total += item.untyped_storage().nbytes()
+    return total
+
+
+def _save_failure(run, folder: str, error: Exception):
+    """The one-line failure of a checkpoint save that failed with `error`, or None when it is not about the disk.
+
+    A full disk shows as ENOSPC / EDQUOT, or (torch.save reports it as a RuntimeError) as less space free than a
+    checkpoint needs: the model's state plus the optimizer's."""
+    from instructpart_dataset.toolbox.cli_errors import OperationFailed, describe_os_error
+
+    model_state = run.accelerator.unwrap_model(run.model).state_dict()
+    needed = _state_bytes(model_state) + _state_bytes(run.optimizer.state_dict()["state"])
+    free = shutil.disk_usage(os.path.dirname(folder)).free
+    if getattr(error, "errno", None) in DISK_FULL or free < needed:
+        return OperationFailed(
+            f"{os.path.dirname(folder)}: disk full while saving {os.path.basename(folder)}: a checkpoint needs about "
+            f"{needed:,} bytes, {free:,} are free there (free some space or lower --save-total-limit, then resume "
+            "with --resume-from latest)"
+        )
+    if isinstance(error, OSError):
+        return OperationFailed(f"{folder}: cannot write: {describe_os_error(error)}")
+    return None
+
+
+def _save_checkpoint(run, args, step):
+    """Save a resumable checkpoint at `step`: written to `checkpoint-N.partial`, then moved into place whole."""
+    accelerator = run.accelerator
     folder = os.path.join(args.output_dir, CHECKPOINTS, f"checkpoint-{step}")
-    partial = folder + ".partial"
+    partial = folder + PARTIAL
     if accelerator.is_main_process and os.path.isdir(partial):
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(partial)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(partial)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state = {
+                "step": step,
+                "seed": args.seed,
+                "rows_per_step": run.stream.per_step,
+                "num_rows": run.stream.num_rows,
+                "settings": {name: getattr(args, name) for name in RUN_SETTINGS + CHECKPOINT_POLICY},
+            }
+            with open(os.path.join(partial, STATE_FILE), "w") as f:
+                json.dump(state, f)
+    except (OSError, RuntimeError) as error:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-written stays
+        failure = _save_failure(run, folder, error)
+        if failure is None:
+            raise
+        raise failure from None
     if accelerator.is_main_process:
-        state = {
-            "step": step,
-            "seed": args.seed,
-            "rows_per_step": stream.per_step,
-            "num_rows": stream.num_rows,
-            "settings": {name: getattr(args, name) for name in RUN_SETTINGS},
-        }
-        with open(os.path.join(partial, STATE_FILE), "w") as f:
-            json.dump(state, f)
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(partial, folder)  # a checkpoint exists complete or not at all
-        if args.save_total_limit > 0:
-            root = os.path.join(args.output_dir, CHECKPOINTS)
-            done = sorted(
-                int(n.split("-")[1])
-                for n in os.listdir(root)
-                if n.startswith("checkpoint-") and n.split("-")[1].isdigit()
-            )
-            for old in done[: -args.save_total_limit]:
-                shutil.rmtree(os.path.join(root, f"checkpoint-{old}"), ignore_errors=True)
+        _move_into_place(partial, folder)
+        _prune_checkpoints(args.output_dir, args.save_total_limit)
     accelerator.wait_for_everyone()
 
 
@@ -442,7 +587,7 @@ def _check_args(args):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("save_steps", "warmup_steps", "log_steps", "num_workers", "lora_rank", "save_total_limit"):
-        if getattr(args, name) < 0:
+        if (getattr(args, name) or 0) < 0:  # lora_rank is None until a checkpoint's own is read
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     # A path that looks local must exist; anything else may be a Hub dataset id.
     if not os.path.exists(args.data_dir) and args.data_dir.startswith((".", os.path.sep, "~")):
@@ -472,46 +617,111 @@ def train(args) -> str:
     if args.tiny and not args.init_from:  # one spelling of the starting point, as recorded in checkpoints
         args.init_from, args.tiny = "tiny", False
         given.add("init_from")
-    resume = resume_state = None
-    if args.resume_from:
-        resume = _latest_checkpoint(args.output_dir) if args.resume_from == "latest" else args.resume_from
-        if not os.path.isdir(resume):
-            raise FileNotFoundError(f"--resume-from {resume}: no such checkpoint folder")
-        resume_state = _read_state(resume)
-        _adopt_run_settings(args, given, resume_state, resume)
+    main_rank = _is_main_rank()
+    if main_rank and os.path.isdir(os.path.join(args.output_dir, CHECKPOINTS)):
+        with _output_dir_lock(args.output_dir):  # never while another run saves there
+            _tidy_checkpoints(args.output_dir)
+    resume, resume_state = _resume_point(args, given)
     _apply_lisa_defaults(args)  # after the resume's adoption: a recorded setting wins over the default
     _check_args(args)
-    main_rank = _is_main_rank()
     with _output_dir_lock(args.output_dir, enabled=main_rank):
         if main_rank:
             _prepare_output_dir(args, resume)
         return _train(args, resume, resume_state)
 
 
+def _resume_point(args, given: set):
+    """(checkpoint, its state) to resume from, its settings adopted into `args`; (None, None) for a fresh run,
+    which `--resume-from latest` is in a folder without a complete checkpoint (it starts at step 0, and says so)."""
+    if not args.resume_from:
+        return None, None
+    resume = args.resume_from
+    if resume == "latest":
+        resume = _latest_checkpoint(args.output_dir)
+        if resume is None:
+            if _is_main_rank():
+                print(
+                    f"pisa_model.train: no complete checkpoint under {os.path.join(args.output_dir, CHECKPOINTS)}: "
+                    "--resume-from latest starts at step 0",
+                    file=sys.stderr,
+                )
+            return None, None
+    elif not os.path.isdir(resume):
+        raise FileNotFoundError(f"--resume-from {resume}: no such checkpoint folder")
+    state = _read_state(resume)
+    _adopt_run_settings(args, given, state, resume)
+    return resume, state
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the training loop works with, once prepared by Accelerate."""
+
+    accelerator: object
+    model: torch.nn.Module  # as prepared (DDP-wrapped under several processes)
+    unwrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    trainable: list
+    stream: StepStreamSampler
+    batches: object  # the data loader's iterator
+    start_step: int
+    metrics_path: str
+
+
 def _train(args, resume, resume_state) -> str:
+    """The steps of a run: data, model, optimizer and stream prepared; steps trained; the final model saved."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
-    from .data import PisaCollator, load_rows, parse_configs
-
-    configs = parse_configs(args.config)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=[t.strip() for t in args.report_to.split(",")] if args.report_to else None,
         project_dir=args.output_dir,
     )
     set_seed(args.seed)
-
-    with accelerator.main_process_first():
-        rows = load_rows(args.data_dir, configs=configs, split=args.split)
+    rows, configs = _load_training_rows(args, accelerator)
     _check_rows(args, len(rows), accelerator.num_processes, resume, resume_state)
     model, processor, origin = _build_model(args)
+    run = _prepare_run(args, accelerator, model, processor, rows, resume, resume_state)
+    if accelerator.is_main_process:
+        print(
+            f"pisa_model.train: {origin}; {len(rows)} rows ({', '.join(configs)} / {args.split}); "
+            f"{sum(p.numel() for p in run.trainable):,} trainable parameters; {accelerator.num_processes} "
+            f"process(es); {run.stream.per_step} rows per step; steps {run.start_step} -> {args.max_steps}",
+            file=sys.stderr,
+        )
+    _train_steps(args, run)
+    _save_final_model(args, run, processor, configs, len(rows))
+    return args.output_dir
+
+
+def _load_training_rows(args, accelerator):
+    """(rows, configs). The main process loads first (it fills the dataset cache); a refusal (no such split, ...)
+    is raised in every process only after all have passed the barrier, so none is left waiting at it."""
+    from .data import load_rows, parse_configs
+
+    configs = parse_configs(args.config)
+    rows = refusal = None
+    with accelerator.main_process_first():
+        try:
+            rows = load_rows(args.data_dir, configs=configs, split=args.split)
+        except (ValueError, OSError) as error:
+            refusal = error
+    if refusal is not None:
+        raise refusal
+    return rows, configs
+
+
+def _prepare_run(args, accelerator, model, processor, rows, resume, resume_state) -> _Run:
+    """Optimizer, schedule and data stream, prepared by Accelerate, the resumed state restored."""
+    from transformers import get_scheduler
+
+    from .data import PisaCollator
+
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     model.train()
-
     trainable = [p for p in model.parameters() if p.requires_grad]
     low_precision = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
     if low_precision:  # apply_dtype_policy makes this impossible; AdamW on fp16 weights would silently diverge
@@ -548,83 +758,128 @@ def _train(args, resume, resume_state) -> str:
     batches = iter(loader)
     if resume:
         accelerator.load_state(resume)
-    unwrapped = accelerator.unwrap_model(model)
+    return _Run(
+        accelerator=accelerator,
+        model=model,
+        unwrapped=accelerator.unwrap_model(model),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        trainable=trainable,
+        stream=stream,
+        batches=batches,
+        start_step=start_step,
+        metrics_path=os.path.join(args.output_dir, METRICS_FILE),
+    )
 
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        n_trainable = sum(p.numel() for p in trainable)
-        print(
-            f"pisa_model.train: {origin}; {len(rows)} rows ({', '.join(configs)} / {args.split}); "
-            f"{n_trainable:,} trainable parameters; {accelerator.num_processes} process(es); "
-            f"{stream.per_step} rows per step; steps {start_step} -> {args.max_steps}",
-            file=sys.stderr,
-        )
+
+def _start_metrics_log(args, run: _Run) -> None:
+    """A fresh run starts a new log; a resumed one drops the lines logged after its checkpoint."""
+    if not run.accelerator.is_main_process:
+        return
+    os.makedirs(args.output_dir, exist_ok=True)
+    if run.start_step == 0:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(run.metrics_path)
+    else:
+        _truncate_metrics(run.metrics_path, run.start_step)
+
+
+def _train_steps(args, run: _Run) -> None:
+    """Steps start_step + 1 .. max_steps: each one optimizer step, logged and checkpointed as asked."""
+    from tqdm.auto import tqdm
+
     if args.report_to:
-        accelerator.init_trackers("pisa_model.train", config={k: v for k, v in vars(args).items() if v is not None})
-
-    metrics_path = os.path.join(args.output_dir, METRICS_FILE)
-    if accelerator.is_main_process and start_step == 0 and os.path.exists(metrics_path):
-        os.remove(metrics_path)
-    elif accelerator.is_main_process:
-        _truncate_metrics(metrics_path, start_step)
+        run.accelerator.init_trackers("pisa_model.train", config={k: v for k, v in vars(args).items() if v is not None})
+    _start_metrics_log(args, run)
     bar = tqdm(
         total=args.max_steps,
-        initial=start_step,
+        initial=run.start_step,
         desc="train",
         unit="step",
-        disable=args.no_progress or not accelerator.is_local_main_process,
+        disable=args.no_progress or not run.accelerator.is_local_main_process,
     )
     running = {}
     started = time.perf_counter()
-    for step in range(start_step + 1, args.max_steps + 1):
-        for micro in range(args.grad_accum):
-            batch = next(batches)
-            last = micro == args.grad_accum - 1
-            # prepare() already wrapped forward in the mixed-precision autocast.
-            with accelerator.no_sync(model) if not last else contextlib.nullcontext():
-                outputs = model(**unwrapped.prepare_inputs(batch))
-                loss = outputs.loss / args.grad_accum
-            accelerator.backward(loss)
-            for key in ("loss", "lm_loss", "mask_bce_loss", "mask_dice_loss"):
-                value = getattr(outputs, key)
-                if value is not None:
-                    running[key] = running.get(key, 0.0) + float(value.detach()) / args.grad_accum
-        if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    for step in range(run.start_step + 1, args.max_steps + 1):
+        _optimizer_step(args, run, running)
         bar.update(1)
-
         if args.log_steps and (step % args.log_steps == 0 or step == args.max_steps):
-            span = args.log_steps if step % args.log_steps == 0 else step % args.log_steps
-            averaged = torch.tensor([running.get(k, 0.0) for k in sorted(running)], device=accelerator.device) / span
-            averaged = accelerator.reduce(averaged, reduction="mean")
-            logs = dict(zip(sorted(running), averaged.tolist()))
-            logs["lr"] = scheduler.get_last_lr()[0]
-            running = {}
+            logs = _log_step(args, run, step, running)
+            running.clear()
             bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
-            accelerator.log(logs, step=step)
-            if accelerator.is_main_process:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps({"step": step, **logs}) + "\n")
         if args.save_steps and step % args.save_steps == 0:
-            _save_checkpoint(accelerator, args, step, stream)
+            _save_checkpoint(run, args, step)
     bar.close()
-    if accelerator.is_main_process:
-        speed = _speed_and_memory(args.max_steps - start_step, stream.per_step, started, accelerator.device)
+    if run.accelerator.is_main_process:
+        speed = _speed_and_memory(args.max_steps - run.start_step, run.stream.per_step, started, run.accelerator.device)
         print(f"pisa_model.train: trained {speed}", file=sys.stderr)
 
-    accelerator.wait_for_everyone()
-    final = accelerator.unwrap_model(model)
+
+def _optimizer_step(args, run: _Run, running: dict) -> None:
+    """One optimizer step over `grad_accum` micro-batches (gradients synchronised on the last one only); the
+    micro-batches' losses are added to `running`."""
+    for micro in range(args.grad_accum):
+        batch = next(run.batches)
+        last = micro == args.grad_accum - 1
+        # prepare() already wrapped forward in the mixed-precision autocast.
+        with run.accelerator.no_sync(run.model) if not last else contextlib.nullcontext():
+            outputs = run.model(**run.unwrapped.prepare_inputs(batch))
+            loss = outputs.loss / args.grad_accum
+        run.accelerator.backward(loss)
+        for key in ("loss", "lm_loss", "mask_bce_loss", "mask_dice_loss"):
+            value = getattr(outputs, key)
+            if value is not None:
+                running[key] = running.get(key, 0.0) + float(value.detach()) / args.grad_accum
+    if args.max_grad_norm > 0:
+        run.accelerator.clip_grad_norm_(run.trainable, args.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def _log_step(args, run: _Run, step: int, running: dict) -> dict:
+    """The losses averaged over the steps since the last log and over the processes, with the learning rate: sent
+    to the trackers and appended to the metrics log."""
+    span = args.log_steps if step % args.log_steps == 0 else step % args.log_steps
+    averaged = torch.tensor([running.get(k, 0.0) for k in sorted(running)], device=run.accelerator.device) / span
+    averaged = run.accelerator.reduce(averaged, reduction="mean")
+    logs = dict(zip(sorted(running), averaged.tolist()))
+    logs["lr"] = run.scheduler.get_last_lr()[0]
+    run.accelerator.log(logs, step=step)
+    if run.accelerator.is_main_process:
+        with open(run.metrics_path, "a") as f:
+            f.write(json.dumps({"step": step, **logs}) + "\n")
+    return logs
+
+
+def _save_final_model(args, run: _Run, processor, configs, num_rows: int) -> None:
+    """The trained model, with its processor and custom code, saved to OUTPUT_DIR, and what it was trained on."""
+    run.accelerator.wait_for_everyone()
+    final = run.accelerator.unwrap_model(run.model)
     final.processor = processor
     final.save_pretrained(
         args.output_dir,
-        is_main_process=accelerator.is_main_process,
-        state_dict=accelerator.get_state_dict(model),
+        is_main_process=run.accelerator.is_main_process,
+        state_dict=run.accelerator.get_state_dict(run.model),
     )
-    accelerator.end_training()
-    return args.output_dir
+    if run.accelerator.is_main_process:
+        write_training_data(args.output_dir, args.data_dir, args.split, configs, num_rows)
+    run.accelerator.end_training()
+
+
+TRAINING_DATA_FILE = "training_data.json"
+
+
+def write_training_data(folder: str, data_dir: str, split: str, configs, num_rows: int, **more) -> None:
+    """What the model was trained on, kept beside its weights for its model card (`model_card.py`): the data's name
+    (a local folder by its base name only: the file is published with the model), split, configs and rows; `more`
+    adds e.g. `synthetic` (the demo's generated release)."""
+    expanded = os.path.expanduser(data_dir)
+    local = os.path.exists(expanded) or os.path.isabs(expanded) or data_dir.startswith(".") or data_dir.count("/") != 1
+    name = os.path.basename(os.path.normpath(expanded)) if local else data_dir  # else a Hub id: ORG/NAME
+    record = {"data": name, "split": split, "configs": list(configs), "rows": int(num_rows), **more}
+    with open(os.path.join(folder, TRAINING_DATA_FILE), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
 
 
 def _check_rows(args, num_rows: int, num_processes: int, resume, state) -> None:
@@ -651,7 +906,9 @@ def _check_rows(args, num_rows: int, num_processes: int, resume, state) -> None:
 
 
 def main(argv=None) -> int:
-    from instructpart_dataset.toolbox.cli_errors import check_writable, run_command
+    """The command: exit 0, 1 (a failed operation) or 2 (bad input), with one line on stderr. Launched as several
+    processes, each refuses the same input alike, and only the main one says so: one line, whatever the launch."""
+    from instructpart_dataset.toolbox.cli_errors import BAD_INPUT, check_writable, run_command
 
     args = parse_args(argv)
 
@@ -659,7 +916,13 @@ def main(argv=None) -> int:
         check_writable(args.output_dir, folder=True)  # before the training, not after it
         train(args)
 
-    return run_command(build_parser().prog, checked_train)
+    def on_another_process():
+        try:
+            checked_train()
+        except (ValueError, OSError):  # bad input, refused alike by every process: the main one prints the line
+            raise SystemExit(BAD_INPUT) from None
+
+    return run_command(build_parser().prog, checked_train if _is_main_rank() else on_another_process)
 
 
 if __name__ == "__main__":

@@ -23,52 +23,72 @@ SPACE_COLOURS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "
 def metadata_errors(content: str, repo_type: str) -> list:
     """The Hub's checks of a README's YAML front matter, for the fields our cards use (types and allowed values of
     the model, dataset and Space card specs: https://huggingface.co/docs/hub/model-cards and friends)."""
+    meta = _front_matter(content)
+    if isinstance(meta, str):
+        return [meta]
+    errors = []
+    for key in ("license", "tags", "language"):
+        errors += _strings_errors(meta, key)
+    errors += _strings_errors(meta, "datasets", REPO_ID)
+    by_type = {"model": _model_errors, "dataset": _dataset_errors, "space": _space_errors}
+    if repo_type in by_type:
+        errors += by_type[repo_type](meta)
+    return errors
+
+
+def _front_matter(content: str):
+    """The README's metadata mapping, or the one-line reason there is none."""
     import yaml
 
     if not content.startswith("---\n") or "\n---" not in content[4:]:
-        return ["no YAML front matter"]
+        return "no YAML front matter"
     try:
         meta = yaml.safe_load(content[4 : content.index("\n---", 3)])
     except yaml.YAMLError as error:
-        return [f"YAML does not parse: {error}"]
-    if not isinstance(meta, dict):
-        return ["the metadata is not a mapping"]
-    errors = []
+        return f"YAML does not parse: {error}"
+    return meta if isinstance(meta, dict) else "the metadata is not a mapping"
 
-    def strings(key, pattern=None):
-        value = meta.get(key)
-        values = [value] if isinstance(value, str) else value
-        if value is not None and not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
-            errors.append(f"{key}: must be a string or a list of strings")
-        elif value is not None and pattern is not None and not all(pattern.match(v) for v in values):
-            errors.append(f"{key}: {values} are not all repo ids")
 
-    for key in ("license", "tags", "language"):
-        strings(key)
-    strings("datasets", REPO_ID)
-    if repo_type == "model":
-        strings("base_model", REPO_ID)
-        for key in ("pipeline_tag", "library_name"):
-            if key in meta and not isinstance(meta[key], str):
-                errors.append(f"{key}: must be a string")
-        for entry in meta.get("model-index") or []:
-            if not isinstance(entry.get("name"), str) or not isinstance(entry.get("results"), list):
-                errors.append("model-index: each entry needs a name and a list of results")
-    elif repo_type == "dataset":
-        for config in meta.get("configs") or []:
-            if not isinstance(config.get("config_name"), str) or not config.get("data_files"):
-                errors.append("configs: each config needs config_name and data_files")
-    elif repo_type == "space":
-        strings("models", REPO_ID)
-        if meta.get("sdk") not in ("gradio", "docker", "static", "streamlit"):
-            errors.append(f"sdk: {meta.get('sdk')!r} is not a Space SDK")
-        if meta.get("sdk") == "gradio" and not re.match(r"^\d+\.\d+(\.\d+)?$", str(meta.get("sdk_version"))):
-            errors.append(f"sdk_version: {meta.get('sdk_version')!r} is not a version")
-        for key in ("colorFrom", "colorTo"):
-            if key in meta and meta[key] not in SPACE_COLOURS:
-                errors.append(f"{key}: must be one of {sorted(SPACE_COLOURS)}")
-        if "app_file" in meta and not str(meta["app_file"]).endswith(".py"):
-            errors.append("app_file: must be a Python file")
+def _strings_errors(meta: dict, key: str, pattern=None) -> list:
+    value = meta.get(key)
+    values = [value] if isinstance(value, str) else value
+    if value is not None and not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+        return [f"{key}: must be a string or a list of strings"]
+    if value is not None and pattern is not None and not all(pattern.match(v) for v in values):
+        return [f"{key}: {values} are not all repo ids"]
+    return []
+
+
+def _model_errors(meta: dict) -> list:
+    errors = _strings_errors(meta, "base_model", REPO_ID)
+    for key in ("pipeline_tag", "library_name"):
+        if key in meta and not isinstance(meta[key], str):
+            errors.append(f"{key}: must be a string")
+    for entry in meta.get("model-index") or []:
+        if not isinstance(entry.get("name"), str) or not isinstance(entry.get("results"), list):
+            errors.append("model-index: each entry needs a name and a list of results")
+    return errors
+
+
+def _dataset_errors(meta: dict) -> list:
+    return [
+        "configs: each config needs config_name and data_files"
+        for config in meta.get("configs") or []
+        if not isinstance(config.get("config_name"), str) or not config.get("data_files")
+    ]
+
+
+def _space_errors(meta: dict) -> list:
+    errors = _strings_errors(meta, "models", REPO_ID)
+    if meta.get("sdk") not in ("gradio", "docker", "static", "streamlit"):
+        errors.append(f"sdk: {meta.get('sdk')!r} is not a Space SDK")
+    if meta.get("sdk") == "gradio" and not re.match(r"^\d+\.\d+(\.\d+)?$", str(meta.get("sdk_version"))):
+        errors.append(f"sdk_version: {meta.get('sdk_version')!r} is not a version")
+    for key in ("colorFrom", "colorTo"):
+        if key in meta and meta[key] not in SPACE_COLOURS:
+            errors.append(f"{key}: must be one of {sorted(SPACE_COLOURS)}")
+    if "app_file" in meta and not str(meta["app_file"]).endswith(".py"):
+        errors.append("app_file: must be a Python file")
     return errors
 
 
@@ -76,8 +96,12 @@ class FakeHub:
     """Repos live in `self.repos[(repo_type, repo_id)]`: {"private", "sdk", "branches": {name: {path: bytes}},
     "commits": [(branch, summary, sorted paths)]}; `self.requests` lists (method, path) in order."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, stall_on: str | None = None):
+        """`stall_on`: a path fragment (e.g. "/commit/"); a request whose path holds it is accepted and never
+        answered, as by a stalled Hub, until the fake shuts down."""
         self.token = token
+        self.stall_on = stall_on
+        self._release = threading.Event()
         self.repos = {}
         self.requests = []
         self.validated = []  # (repo type, README content) the client asked the Hub to validate
@@ -92,6 +116,11 @@ class FakeHub:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 path = urlparse(self.path).path
+                if hub.stall_on is not None and hub.stall_on in path:
+                    with hub._lock:
+                        hub.requests.append(("POST (never answered)", path))
+                    hub._release.wait()
+                    return
                 with hub._lock:
                     hub.requests.append(("POST", path))
                     status, answer = hub._handle(path, self.headers.get("Authorization"), body)
@@ -120,6 +149,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc):
+        self._release.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)

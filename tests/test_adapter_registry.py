@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from pisa_model.adapters import ADAPTER_SPECS, load_adapter
 from pisa_model.adapters.base import Adapter
 from pisa_model.evaluate import _parse_args
@@ -39,10 +41,9 @@ def test_every_spec_names_a_keyword_only_factory_in_its_module():
 
 
 def test_evaluate_help_prints_every_spec(capsys):
-    try:
+    with pytest.raises(SystemExit) as exited:
         _parse_args(["--help"])
-    except SystemExit:
-        pass
+    assert exited.value.code == 0
     text = capsys.readouterr().out
     for spec in ADAPTER_SPECS:
         assert spec.syntax in text and spec.summary in text

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from instructpart_dataset.toolbox.fresh_process import run_isolated
 from pisa_model import PisaForPartSegmentation, convert_lisa
@@ -106,14 +107,12 @@ def test_converted_tiny_lisa_equals_lisas_own_outputs(converted):
 
 
 def test_mapping_table_covers_every_fixture_tensor_and_copies_it(converted):
-    with open(os.path.join(CHECKPOINT, "pytorch_model.bin.index.json"), encoding="utf-8") as handle:
+    with open(os.path.join(CHECKPOINT, "model.safetensors.index.json"), encoding="utf-8") as handle:
         names = sorted(json.load(handle)["weight_map"])
     depths = convert_lisa._mlp_depths(names)
     dropped = [name for name in names if convert_lisa.map_name(name, depths) is None]
     assert dropped and all(name.endswith("rotary_emb.inv_freq") for name in dropped)
-    source = {}
-    for shard in sorted({os.path.join(CHECKPOINT, f) for f in os.listdir(CHECKPOINT) if f.endswith(".bin")}):
-        source.update(torch.load(shard, map_location="cpu", weights_only=True))
+    source = _fixture_tensors()
     ours = PisaForPartSegmentation.from_pretrained(converted).state_dict()  # the names in memory, as saved ones vary
     # A few tensors, by the names LISA's code gives them and the module each lands in here.
     pairs = {
@@ -135,10 +134,49 @@ def test_mapping_table_covers_every_fixture_tensor_and_copies_it(converted):
     assert record["used"] == len(names) - len(dropped) and record["dropped"] == dropped
 
 
+def _fixture_tensors():
+    """{name: tensor} of the fixture checkpoint's safetensors shards."""
+    tensors = {}
+    for shard in sorted(f for f in os.listdir(CHECKPOINT) if f.endswith(".safetensors")):
+        tensors.update(load_file(os.path.join(CHECKPOINT, shard)))
+    return tensors
+
+
+def _released_layout(folder):
+    """The fixture checkpoint as LISA's released checkpoints are stored: `pytorch_model-*.bin` shards (torch's
+    zip pickles) and their index, with the same tensors in the same shards; the configs and tokenizer copied."""
+    shutil.copytree(CHECKPOINT, folder, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
+    with open(os.path.join(CHECKPOINT, "model.safetensors.index.json"), encoding="utf-8") as handle:
+        index = json.load(handle)
+    renamed = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        renamed[shard] = shard.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+        torch.save(load_file(os.path.join(CHECKPOINT, shard)), os.path.join(folder, renamed[shard]))
+    index["weight_map"] = {name: renamed[shard] for name, shard in index["weight_map"].items()}
+    with open(os.path.join(folder, "pytorch_model.bin.index.json"), "w", encoding="utf-8") as handle:
+        json.dump(index, handle)
+    return str(folder)
+
+
+def test_released_bin_layout_converts_to_the_same_weights(tmp_path, converted):
+    folder = _released_layout(tmp_path / "released")
+    output = tmp_path / "converted-from-bin"
+    status = convert_lisa.main(
+        ["--checkpoint", folder, "--vision-tower", TOWER, "--output", str(output), "--dtype", "float32"]
+    )
+    assert status == 0
+    from_bin = PisaForPartSegmentation.from_pretrained(output).state_dict()
+    from_safetensors = PisaForPartSegmentation.from_pretrained(converted).state_dict()
+    assert from_bin.keys() == from_safetensors.keys()
+    for name, tensor in from_safetensors.items():
+        assert torch.equal(from_bin[name], tensor), name
+
+
 def _edited_checkpoint(tmp_path, name, value):
-    """A copy of the fixture checkpoint with tensor `name` removed (`value` None) or set to `value`."""
+    """A copy of the fixture checkpoint, in the released `.bin` layout, with tensor `name` removed (`value` None) or
+    set to `value`."""
     folder = tmp_path / "edited"
-    shutil.copytree(CHECKPOINT, folder)
+    _released_layout(folder)
     index_path = folder / "pytorch_model.bin.index.json"
     index = json.loads(index_path.read_text())
     shard_name = index["weight_map"].get(name, sorted(set(index["weight_map"].values()))[0])

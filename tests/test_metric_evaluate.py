@@ -1,8 +1,11 @@
 """The evaluate module: offline load from the checkout, add_batch loops and groups against a naive loop,
 errors, and a renamed copy (as the Hub Space will hold it) that works without the installed package."""
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -198,3 +201,30 @@ def test_the_installed_package_loads_its_module_from_any_folder(tmp_path, monkey
     # IoUs 1 and 2/4 by hand
     result = loaded.compute(predictions=[truth, half], references=[truth, truth])
     assert result == {"gIoU": 0.75, "cIoU": 6 / 8, "P@50:95": (10 + 1) / 20, "P@50": 1.0, "num_samples": 2}
+
+
+def test_the_documented_evaluate_calls_work_from_another_folder(tmp_path):
+    """The extras table's calls, in a fresh interpreter whose working folder holds no copy of the module."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+        readme = f.read()
+    row = next(line for line in readme.splitlines() if line.startswith("| `[evaluate]` |"))
+    assert (
+        "`instructpart_metric.load()`" in row and "`evaluate.load(instructpart_metric.evaluate_module_path())`" in row
+    )
+    code = (
+        "import json, evaluate, numpy as np, instructpart_metric\n"
+        "truth = np.eye(4, dtype=bool); half = truth.copy(); half[2:] = False\n"
+        f"cache = {str(tmp_path / 'cache')!r}\n"
+        "results = [m.compute(predictions=[truth, half], references=[truth, truth]) for m in (\n"
+        "    instructpart_metric.load(cache_dir=cache),\n"
+        "    evaluate.load(instructpart_metric.evaluate_module_path(), cache_dir=cache))]\n"
+        "print(json.dumps(results))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    # IoUs 1 and 2/4 by hand
+    expected = {"gIoU": 0.75, "cIoU": 6 / 8, "P@50:95": (10 + 1) / 20, "P@50": 1.0, "num_samples": 2}
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == [expected, expected]

@@ -244,9 +244,107 @@ def test_rank_lines_and_ordinals():
     assert [paper.ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == [
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th",
     ]  # fmt: skip
-    text = paper.format_paper_table({"mine": _row(trps_human_gIoU=0.295)}, published=True)
+    official = {"trps": paper.OFFICIAL_TEST_SPLIT["trps"]}
+    text = paper.format_paper_table({"mine": _row(trps_human_gIoU=0.295)}, published=True, provenance=official)
     assert "gIoU TRPS-human: 3rd of 11" in text  # 32.11 and 29.95 are above 29.50
     assert "Average (as printed)" in text and "* mine" in text and "ORPS form: question" in text
+    assert "No ranks" not in text
+
+
+# ---------------------------------------------------------------- ranks only on the official test split
+
+TRPS_OFFICIAL = "sha256:2e4ab46f4d8104b530dd76f6efa5ac536aa5508a0a7526dd2b71a17ae90eaf3b"  # from the issue, by hand
+ORPS_OFFICIAL = "sha256:cddf043f2bb0baa8e973abfaa0784b781a70041d70bdef61aac898d6a43a9cf2"
+
+
+def _identity(trps_rows=1200, trps=TRPS_OFFICIAL, orps_rows=2400, orps=ORPS_OFFICIAL, split="test", **more):
+    return {
+        "source": "/data/InstructPart",
+        "split": split,
+        "configs": {"trps": {"rows": trps_rows, "fingerprint": trps}, "orps": {"rows": orps_rows, "fingerprint": orps}},
+        **more,
+    }
+
+
+def test_the_official_fingerprints_ship_with_the_package():
+    assert paper.OFFICIAL_TEST_SPLIT == {
+        "trps": {"rows": 1200, "fingerprint": TRPS_OFFICIAL},
+        "orps": {"rows": 2400, "fingerprint": ORPS_OFFICIAL},
+    }
+
+
+def test_why_not_ranked_takes_a_provenance_a_dataset_block_or_fingerprints():
+    official = _identity()
+    assert paper.why_not_ranked(official, "trps,orps") is None
+    assert paper.why_not_ranked({"command": "x", "dataset": official}, ("trps", "orps")) is None
+    assert paper.why_not_ranked({"trps": TRPS_OFFICIAL}, "trps") is None
+    assert paper.why_not_ranked({"orps": {"rows": 2400, "fingerprint": ORPS_OFFICIAL}}, ["orps"]) is None
+    # 60 entries are 120 TRPS rows (2 per entry) and 240 ORPS rows (4 per entry)
+    sample = _identity(120, "sha256:" + "1" * 64, 240, "sha256:" + "2" * 64)
+    assert paper.why_not_ranked(sample, "trps,orps") == "not the official test split: 60 of 600 entries"
+    assert paper.why_not_ranked(sample, "orps") == "not the official test split: 60 of 600 entries"
+    assert paper.why_not_ranked({**sample, "synthetic": True}, "trps") == "synthetic data"
+    assert paper.why_not_ranked({**sample, "split": "train600"}, "trps") == (
+        "not the official test split: the train600 split"
+    )
+    other = _identity(trps="sha256:" + "3" * 64)
+    assert paper.why_not_ranked(other, "orps") is None  # ORPS is official, TRPS is not
+    assert paper.why_not_ranked(other, "trps") == (
+        "not the official test split: same size, other data (its fingerprint differs)"
+    )
+    assert paper.why_not_ranked(_identity(trps_rows=7, trps="sha256:" + "3" * 64), "trps") == (
+        "not the official test split: 7 of 1,200 TRPS rows"
+    )
+    assert paper.why_not_ranked(None, "trps") == "no dataset fingerprint recorded"
+    assert paper.why_not_ranked({"trps": TRPS_OFFICIAL}, "trps,orps") == "no ORPS dataset fingerprint recorded"
+    with pytest.raises(ValueError, match="xrps"):
+        paper.why_not_ranked(official, "xrps")
+
+
+def _perfect_predictions(release, folder):
+    """Every test row predicted by its own truth mask (the score CLI's layout)."""
+    for config in ("trps", "orps"):
+        for row in load_instructpart(str(release), config, "test"):
+            os.makedirs(folder / row["instruction_type"], exist_ok=True)
+            mask = np.asarray(row["mask"], dtype=np.uint8) * 255
+            Image.fromarray(mask, "L").save(folder / row["instruction_type"] / f"{row['id']}.png")
+    return str(folder)
+
+
+def test_ranks_appear_on_the_official_fingerprints_and_disappear_with_one_mask_pixel(
+    release_dir, tmp_path, capsys, monkeypatch
+):
+    release = tmp_path / "release"
+    shutil.copytree(os.path.join(release_dir, "test"), release / "test")
+    pred = _perfect_predictions(release, tmp_path / "pred")
+    official = {config: {"rows": 0, "fingerprint": ""} for config in ("trps", "orps")}
+    for config in official:
+        dataset = load_instructpart(str(release), config, "test")
+        official[config] = {"rows": len(dataset), "fingerprint": dataset_fingerprint(dataset)}
+    # This generated release plays the official test split: its fingerprints are the shipped ones.
+    monkeypatch.setattr(paper, "OFFICIAL_TEST_SPLIT", official)
+    argv = ["score", "--predictions", pred, "--data-dir", str(release), "--config", "trps,orps"]
+    argv += ["--compare-published", "--num-workers", "1"]
+    assert metric_main([*argv, "--json", str(tmp_path / "ranked.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "gIoU TRPS-human: 1st of 11" in printed and "No ranks" not in printed  # 100.00 beats every method
+    ranked = json.loads((tmp_path / "ranked.json").read_text())
+    assert ranked["published_ranks"]["trps_human_gIoU"]["rank"] == 1 and "not_ranked" not in ranked
+
+    victim = sorted((release / "test" / "masks").iterdir())[0]
+    pixels = np.array(Image.open(victim))
+    y, x = np.argwhere(pixels == 0)[0]
+    pixels[y, x] = pixels.max()
+    Image.fromarray(pixels).save(victim)
+    # the prediction of that row is now one pixel short; the data is no longer the official split
+    assert metric_main([*argv, "--json", str(tmp_path / "edited.json")]) == 0
+    printed = capsys.readouterr().out
+    reason = "not the official test split: same size, other data (its fingerprint differs)"
+    assert f"No ranks against the published rows: {reason}" in printed
+    assert " of 11" not in printed and "1st" not in printed
+    edited = json.loads((tmp_path / "edited.json").read_text())
+    assert "published_ranks" not in edited and edited["not_ranked"] == reason
+    assert "OVSeg" in printed  # the published rows are still shown, for reference
 
 
 # ---------------------------------------------------------------- fingerprint
@@ -294,6 +392,22 @@ def test_the_fingerprint_changes_with_an_instruction_or_an_image(release_dir, tm
     picture[0, 0] = 255 - picture[0, 0]
     Image.fromarray(picture).save(victim, format="JPEG", quality=100)
     assert _fingerprint(image_copy, "orps") != original
+
+
+@pytest.mark.slow
+def test_the_real_sample_is_not_ranked_and_its_export_has_the_same_fingerprint(sample_dir, tmp_path):
+    from instructpart_dataset.export import export_release
+    from instructpart_metric.provenance import dataset_identity
+
+    hub = str(tmp_path / "hub")
+    export_release(sample_dir, hub, num_workers=1)
+    datasets = {c: load_instructpart(sample_dir, c, "test") for c in ("trps", "orps")}
+    release = dataset_identity(sample_dir, "test", datasets)
+    exported = dataset_identity(hub, "test", {c: load_instructpart(hub, c, "test") for c in ("trps", "orps")})
+    assert exported["configs"] == release["configs"]
+    assert release["configs"]["trps"]["rows"] == 120 and release["configs"]["orps"]["rows"] == 240
+    assert paper.why_not_ranked(release, "trps,orps") == "not the official test split: 60 of 600 entries"
+    assert paper.why_not_ranked(exported, "trps,orps") == "not the official test split: 60 of 600 entries"
 
 
 def test_a_release_and_its_hub_export_have_the_same_fingerprint(release_dir, tmp_path):

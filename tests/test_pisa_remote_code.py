@@ -2,19 +2,16 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from instructpart_dataset.toolbox.fresh_process import run_isolated
 from pisa_model import PisaForPartSegmentation
 from pisa_model.assembly import from_components
 from pisa_model.tiny import save_tiny_components, tiny_pisa
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from instructpart_dataset.toolbox.fresh_process import run_isolated  # noqa: E402
 
 # Runs under fresh_process.run_isolated: our packages are unimportable there, as for a user of the Hub repo.
 FRESH_PROCESS = """

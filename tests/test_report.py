@@ -211,7 +211,15 @@ def test_example_cards_quote_their_instruction(scored, written):
                 assert f"“{escape(quoted)}”" in text
 
 
-def test_published_rows_stand_apart_from_yours_with_ranks(written):
+def test_published_rows_stand_apart_from_yours_with_ranks_on_the_official_split(scored, tmp_path):
+    datasets, predictions, _, scorers = scored
+    # The scored data recorded as the official test split: ranks are given (paper.why_not_ranked).
+    official = {
+        "command": "test",
+        "orps_form": "question",
+        "dataset": {"split": "test", "configs": paper.OFFICIAL_TEST_SPLIT},
+    }
+    written = report.write_report(str(tmp_path), scorers, predictions, datasets, provenance=official)
     with open(written, encoding="utf-8") as f:
         text = f.read()
 
@@ -244,7 +252,17 @@ def test_published_rows_stand_apart_from_yours_with_ranks(written):
     ranks = dict(zip(paper.PAPER_COLUMNS, ours[1]["ranks"]))
     assert ranks["orps_object_part_gIoU"] == "rank 1st of 12"
     assert parser.rows[-1]["model"] == "Average" and "average" in parser.rows[-1]["class"]
-    assert "ORPS form: question" in text
+    assert "ORPS form: question" in text and 'id="not-ranked"' not in text
+
+
+def test_a_report_on_other_data_shows_the_published_rows_without_ranks_and_says_why(scored, written):
+    datasets, _, _, _ = scored
+    with open(written, encoding="utf-8") as f:
+        text = f.read()
+    assert 'class="rank"' not in text and 'data-row="published"' in text  # no provenance: nothing to rank on
+    assert "No ranks against the published rows: no dataset fingerprint recorded" in unescape(text)
+    with open(os.path.join(os.path.dirname(written), "report.json")) as f:
+        assert json.load(f)["not_ranked"] == "no dataset fingerprint recorded"
 
 
 def test_cli_scores_folders_like_the_scorer(scored, release_dir, tmp_path):
@@ -384,3 +402,23 @@ def test_a_trps_only_folder_reports_with_config_trps_and_says_so_without_it(scor
     _, by_config = expected(pairs, "referrer")
     assert numbers["by_config"]["trps"]["gIoU"] == pytest.approx(by_config["trps"]["gIoU"], abs=1e-12)
     assert numbers["paper"]["orps_object_part_gIoU"] is None
+
+
+def test_the_report_command_prints_the_paper_table_without_ranks_on_a_generated_release(
+    scored, release_dir, tmp_path, capsys
+):
+    _, predictions, pairs, _ = scored
+    out = tmp_path / "printed"
+    argv = ["report", "--data-dir", release_dir, "--out", str(out)]
+    assert metric_main([*argv, *(f"--predictions={m}={p}" for m, p in predictions.items())]) == 0
+    printed = capsys.readouterr().out
+    assert "| method" in printed and "| LISA" in printed and "Average (as printed)" in printed
+    for model in MODELS:
+        row = next(line for line in printed.splitlines() if line.startswith(f"| * {model} "))
+        cells = [c.strip() for c in row.strip("|").split("|")][2:]
+        by_type, _ = expected(pairs, model)
+        columns = [by_type[PAPER_GROUPS[c.rsplit("_", 1)[0]]][c.rsplit("_", 1)[1]] for c in paper.PAPER_COLUMNS]
+        assert cells == [f"{100 * value:.2f}" for value in columns]
+    entries = len(load_instructpart(release_dir, "trps", "test")) // 2
+    assert f"No ranks against the published rows: not the official test split: {entries} of 600 entries" in printed
+    assert " of 12" not in printed and " of 11" not in printed

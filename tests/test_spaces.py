@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import urllib.request
 import zipfile
 
@@ -15,11 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import upload
+from instructpart_dataset.toolbox.fresh_process import run_isolated, serve_isolated
 
-import upload  # noqa: E402
-from instructpart_dataset.toolbox.fresh_process import run_isolated, serve_isolated  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The number of images Gradio shows from its file route (uploads, examples and results), loaded and laid out.
 FILE_IMAGES = (
@@ -28,6 +26,23 @@ FILE_IMAGES = (
 )
 SETTLE_MS = 1500  # Gradio fades results in: let the screenshot show them settled
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def missing_browser():
+    """None where headless Chromium is installed, else why the browser checks cannot run. Under CI (`CI=true`) a
+    missing Chromium fails the test instead: .ci/run installs it, so there the checks must run."""
+    if CHROMIUM is not None:
+        return None
+    reason = "headless Chromium is not installed (apt-get install -y chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI installs it (.ci/run), so the browser checks must run there")
+    return reason
+
+
+def skip_if_unchecked(reason) -> None:
+    """Report a test whose other checks passed as skipped when its browser checks could not run."""
+    if reason is not None:
+        pytest.skip(f"the browser checks did not run: {reason} (every other check of this test passed)")
 
 
 def client_for(url, tmp_path):
@@ -86,6 +101,7 @@ def test_pisa_space_segments_an_upload_like_model_predict(pisa_space, tmp_path):
 
     from pisa_model import PisaForPartSegmentation
 
+    no_browser = missing_browser()
     checkpoint, stage = pisa_space
     with open(os.path.join(stage, "examples", "examples.json")) as f:
         example = json.load(f)[0]
@@ -120,7 +136,13 @@ def test_pisa_space_segments_an_upload_like_model_predict(pisa_space, tmp_path):
         assert "generated" in summary
         with pytest.raises(Exception, match="Type an instruction"):
             client.predict(handle_file(requests[1][0]), "  ", "teacher-forced", api_name="/segment")
-        if CHROMIUM is not None:
+        # The processor's own refusals arrive as their one-line reason, not as gradio's generic "error".
+        with pytest.raises(Exception, match="instruction 0 contains a reserved token \\(&lt;image&gt; or \\[SEG\\]\\)"):
+            client.predict(handle_file(image_path), "where is the [SEG] handle", "teacher-forced", api_name="/segment")
+        Image.new("RGB", (990, 30)).save(tmp_path / "strip.png")
+        with pytest.raises(Exception, match="image 0 is 990x30 pixels: PISA takes aspect ratios up to 32:1"):
+            client.predict(handle_file(str(tmp_path / "strip.png")), "lid", "teacher-forced", api_name="/segment")
+        if no_browser is None:
             image_path, instruction = requests[0]
             with browser_page(app.url) as page:
                 page.screenshot(path=str(tmp_path / "pisa-space-opened.png"))
@@ -140,6 +162,51 @@ def test_pisa_space_segments_an_upload_like_model_predict(pisa_space, tmp_path):
             expected = model.predict([Image.open(image_path).convert("RGB")], [instruction])[0]
             assert np.array_equal(np.asarray(mask_image) > 0, expected)  # the mask the user downloads
     assert app.output().count(f"loaded {checkpoint} in") == 1  # the model was loaded once, at startup
+    skip_if_unchecked(no_browser)
+
+
+def test_pisa_space_refuses_in_one_line_and_checks_a_photo_before_decoding_it(tmp_path):
+    import struct
+    import zlib
+
+    from pisa_model.space import app
+
+    class Refusing:
+        def _sanitize_parameters(self, instruction=None):
+            return {}, {}, {}
+
+        def __call__(self, image, **kwargs):
+            raise ValueError("instruction 0 contains a reserved token (<image> or [SEG])\nmore detail")
+
+    Image.new("RGB", (4, 3)).save(tmp_path / "photo.png")
+    with pytest.raises(app.Refused) as refused:
+        app.segment(Refusing(), str(tmp_path / "photo.png"), "lid [SEG]")
+    assert refused.value.message == "instruction 0 contains a reserved token (&lt;image&gt; or [SEG])"
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # An 8000x6000 RGB PNG header (48 million pixels) over a few bytes: refused from its header.
+    header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 6000, 8, 2, 0, 0, 0))
+    (tmp_path / "huge.png").write_bytes(header + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+    with pytest.raises(
+        app.Refused, match=f"huge.png: 8000x6000 pixels; this Space takes photos of up to {app.MAX_PHOTO_PIXELS:,}"
+    ):
+        app.segment(Refusing(), str(tmp_path / "huge.png"), "lid")
+    (tmp_path / "notes.png").write_text("not a photo")
+    with pytest.raises(app.Refused, match="notes.png: not a readable image"):
+        app.segment(Refusing(), str(tmp_path / "notes.png"), "lid")
+
+
+def test_pisa_space_card_states_the_bounds_the_app_enforces(tmp_path):
+    from pisa_model.space import app
+
+    stage = str(tmp_path / "space")
+    upload.stage_model_space(stage, "org/pisa-tiny")
+    with open(os.path.join(stage, "README.md"), encoding="utf-8") as f:
+        card = " ".join(f.read().split())
+    assert f"an upload of at most {app.MAX_UPLOAD}, a photo of at most {app.MAX_PHOTO_PIXELS:,} pixels" in card
+    assert f"at most {app.MAX_NEW_TOKENS} new tokens" in card and f"at most {app.QUEUE_SIZE} wait" in card
 
 
 def test_pisa_space_passes_generate_only_to_pipelines_that_take_it():
@@ -210,12 +277,13 @@ def test_metric_space_scores_pairs_and_zips_like_direct_counting(metric_space, r
     from instructpart_dataset import load_instructpart
     from instructpart_dataset.export import export_release
 
+    no_browser = missing_browser()
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:120, 0:200]  # a disc and a shifted, noisy disc: a picture a user would recognise
     truth = (yy - 60) ** 2 + (xx - 90) ** 2 < 45**2
     prediction = ((yy - 55) ** 2 + (xx - 110) ** 2 < 42**2) ^ (rng.random((120, 200)) < 0.03)
     Image.fromarray(truth).save(tmp_path / "truth.png")  # mode 1
-    Image.fromarray(prediction.astype(np.uint8) * 255).convert("RGB").save(tmp_path / "prediction.png")  # RGB
+    Image.fromarray(prediction.astype(np.uint8)).save(tmp_path / "prediction.png")  # mode L, values 0 and 1
 
     # A model's predictions: each truth with a few pixels flipped, as <instruction_type>/<id>.png in a zip.
     hub_folder = str(tmp_path / "instructpart")
@@ -236,7 +304,15 @@ def test_metric_space_scores_pairs_and_zips_like_direct_counting(metric_space, r
             partial.writestr(name, full.read(name))
     (tmp_path / "partial.zip").write_bytes(short.getvalue())
 
-    with serve_isolated(os.path.join(metric_space, "app.py")) as app:
+    # The Space as launched on your own machine, offering a local export besides the card's dataset.
+    launcher = os.path.join(metric_space, "launch_local.py")
+    with open(launcher, "w") as f:
+        f.write(
+            "import runpy, sys\n"
+            f"sys.argv = ['app.py', '--dataset', {hub_folder!r}, '--allow-local-datasets']\n"
+            "runpy.run_path('app.py', run_name='__main__')\n"
+        )
+    with serve_isolated(launcher) as app:
         client = client_for(app.url, tmp_path)
         metrics, agreement = client.predict(
             handle_file(str(tmp_path / "prediction.png")),
@@ -267,31 +343,65 @@ def test_metric_space_scores_pairs_and_zips_like_direct_counting(metric_space, r
             handle_file(str(tmp_path / "partial.zip")), hub_folder, "trps", "test", True, api_name="/score_zip"
         )
         assert overall["missing_as_empty"] == 1 and overall["num_samples"] == len(rows)
-        # The Hub is unreachable here (as in any offline run): one clear message naming the dataset.
-        with pytest.raises(Exception, match="Cannot load 'someone/instructpart' \\(trps/test\\)"):
+        # The card's dataset is offered, but the Hub is unreachable here (as in any offline run): one clear
+        # message naming it. A dataset the Space was not launched with is never loaded.
+        with pytest.raises(Exception, match="Cannot load 'org/instructpart' \\(trps/test\\)"):
             client.predict(
                 handle_file(str(tmp_path / "predictions.zip")),
-                "someone/instructpart",
+                "org/instructpart",
                 "trps",
                 "test",
                 False,
                 api_name="/score_zip",
             )
-        if CHROMIUM is not None:
+        with pytest.raises(Exception) as refused:
+            client.predict(
+                handle_file(str(tmp_path / "predictions.zip")), "/root", "trps", "test", False, api_name="/score_zip"
+            )
+        assert "Cannot load" not in str(refused.value) and "/root" in str(refused.value)
+        # The issue's 3 MB zip of three 1 GiB entries, named like rows: refused from their declared sizes.
+        from zip_bombs import write_zip_bomb
+
+        write_zip_bomb(
+            str(tmp_path / "bomb.zip"),
+            [(f"p/{row['instruction_type']}/{row['id']}.png", 1024) for row in rows.select(range(3))],
+        )
+        with pytest.raises(Exception, match="1,073,741,824 bytes uncompressed, more than a PNG mask"):
+            client.predict(
+                handle_file(str(tmp_path / "bomb.zip")), hub_folder, "trps", "test", False, api_name="/score_zip"
+            )
+        # Expected refusals arrive as their one-line reason, escaped for gradio's HTML rendering.
+        (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 truncated")
+        with pytest.raises(Exception, match="broken.zip: not a zip archive"):
+            client.predict(
+                handle_file(str(tmp_path / "broken.zip")), hub_folder, "trps", "test", False, api_name="/score_zip"
+            )
+        if no_browser is None:
             with browser_page(app.url) as page:
                 page.screenshot(path=str(tmp_path / "metric-space-opened.png"))
                 uploads = page.locator("input[type=file]")
-                uploads.nth(0).set_input_files(str(tmp_path / "prediction.png"))
+                # The truth first: a file box drops its input once it holds a file, which renumbers those after it.
                 uploads.nth(1).set_input_files(str(tmp_path / "truth.png"))
+                uploads.nth(0).set_input_files(str(tmp_path / "prediction.png"))
                 page.wait_for_function(f"() => ({FILE_IMAGES})() >= 2")  # both previews
+                previews = shown_images(page)
                 page.get_by_role("button", name="Score the pair").click()
                 page.get_by_text("intersection").wait_for()
                 page.wait_for_function(f"() => ({FILE_IMAGES})() >= 3")  # the agreement picture
                 page.wait_for_timeout(SETTLE_MS)
                 page.screenshot(path=str(tmp_path / "metric-space-used.png"))
                 shown = page.locator("body").inner_text()
+                # A zip refusal whose text holds <instruction_type>/<id>.png reads in full, not as HTML.
+                page.get_by_role("tab", name="A model's predictions").click()
+                page.get_by_role("button", name="Score the predictions").click()
+                page.get_by_text("Upload a zip of <instruction_type>/<id>.png prediction masks.").wait_for()
+                page.screenshot(path=str(tmp_path / "metric-space-refusal.png"))
             expected = _naive_scores([(prediction, truth)])
             assert f"{expected['gIoU']}" in shown and f"{int((prediction | truth).sum())}" in shown
+            # The 0/1 prediction previews visibly: its part white, the rest black.
+            visible = [np.asarray(im.convert("L")) for im in previews]
+            assert any(np.array_equal(im, np.where(prediction, 255, 0)) for im in visible)
+    skip_if_unchecked(no_browser)
 
 
 @pytest.mark.slow

@@ -7,14 +7,12 @@ import sys
 from unittest.mock import create_autospec
 
 import pytest
+from fake_hub import FakeHub
+
+import upload
+from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from fake_hub import FakeHub  # noqa: E402
-
-import upload  # noqa: E402
-from instructpart_dataset.toolbox.fresh_process import IsolatedRunError, run_isolated  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +171,7 @@ def test_dry_run_prints_the_plan_and_pushes_nothing(release_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "would create private dataset repo org/instructpart" in result.stdout
     assert "trps/test-00000-of-00001.parquet" in result.stdout and "nothing pushed" in result.stdout
+    assert "verified load_dataset('instructpart') in a fresh process: {'trps': {" in result.stdout
     assert (tmp_path / "hub-staging" / "dataset" / "instructpart" / "README.md").is_file()
 
 
@@ -201,11 +200,15 @@ def test_bad_release_stops_before_anything_is_pushed(tmp_path):
 
 
 @pytest.mark.slow
-def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_path):
+def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_path, capsys):
     stage = str(tmp_path / "metric" / "instructpart")
     upload.stage_metric(stage, "org/instructpart")
     assert sorted(os.listdir(stage)) == ["README.md", "app.py", "core.py", "instructpart.py", "requirements.txt"]
     upload.verify_metric(stage)  # evaluate.load and the served app agree with StreamingScorer
+    printed = capsys.readouterr().out  # what was launched and queried, and the checked answer
+    assert f"verified evaluate.load({stage!r}) in a fresh process: 4 mask pairs give {{'gIoU': " in printed
+    assert f"verified the metric Space {stage}/app.py: launched at http://127.0.0.1:" in printed
+    assert "queried /score_pair with one mask pair: {'gIoU': " in printed and "as the package scores it" in printed
 
     app = os.path.join(stage, "app.py")
     with open(app) as f:
@@ -213,7 +216,8 @@ def test_staged_metric_space_is_launched_and_must_score_like_the_package(tmp_pat
     with open(app, "w") as f:  # an app that scores the inverted prediction serves fine but gives other numbers
         f.write(
             source.replace(
-                "predicted = np.asarray(_as_mask(prediction)) != 0", "predicted = np.asarray(_as_mask(prediction)) == 0"
+                "predicted = read_upload(prediction, shape=true.shape) != 0",
+                "predicted = read_upload(prediction, shape=true.shape) == 0",
             )
         )
     with pytest.raises(upload.UploadError, match="verification failed: the staged app scores"):
@@ -239,13 +243,16 @@ def test_space_requirements_are_the_packages_own_ranges(tmp_path):
     config.read(os.path.join(ROOT, "setup.cfg"))
     written = config["options"]["install_requires"].split("\n") + config["options.extras_require"]["space"].split("\n")
     written = {line.split(">")[0].split("=")[0].split("<")[0].strip(): line.strip() for line in written if line.strip()}
-    text = upload.space_requirements(["evaluate", "pillow", "huggingface_hub"])
+    from instructpart_dataset.toolbox.cli_errors import OperationFailed
+    from instructpart_dataset.toolbox.space_files import space_requirements
+
+    text = space_requirements(["evaluate", "pillow", "huggingface_hub"])
     assert len(text.splitlines()) == 3
     for name, line in zip(["evaluate", "pillow", "huggingface_hub"], text.splitlines()):
         # the same specifiers (packaging may order them differently)
         assert set(line[len(name) :].split(",")) == set(written[name][len(name) :].replace(" ", "").split(","))
-    with pytest.raises(upload.UploadError, match="scipy is not among instructpart's requirements"):
-        upload.space_requirements(["scipy"])
+    with pytest.raises(OperationFailed, match="scipy is not among instructpart's requirements"):
+        space_requirements(["scipy"])
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +264,7 @@ def tiny_checkpoint(tmp_path_factory):
     return folder
 
 
-def _results_file(path, config, split, metrics_by_type):
+def _results_file(path, config, split, metrics_by_type, rows=10, fingerprint="sha256:" + "ab" * 32):
     import json
 
     overall = {
@@ -280,7 +287,7 @@ def _results_file(path, config, split, metrics_by_type):
                     "dataset": {
                         "source": "/data/InstructPart",
                         "split": split,
-                        "configs": {config: {"rows": 10, "fingerprint": "sha256:" + "ab" * 32}},
+                        "configs": {config: {"rows": rows, "fingerprint": fingerprint}},
                     },
                 },
             },
@@ -314,7 +321,7 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
     assert (meta["library_name"], meta["pipeline_tag"]) == ("transformers", "image-segmentation")
     assert meta["base_model"] == ["llava-hf/llava-1.5-7b-hf"] and meta["datasets"] == ["org/instructpart"]
     (result,) = meta["model-index"][0]["results"]
-    assert result["dataset"]["config"] == "trps" and result["dataset"]["split"] == "test"
+    assert result["dataset"]["config"] == "trps" and result["dataset"]["split"] == "test (5 entries)"  # 10 rows
     assert {m["name"]: m["value"] for m in result["metrics"]} == {
         "gIoU (TRPS)": 31.23,
         "cIoU (TRPS)": 40.0,
@@ -337,10 +344,12 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
 
 
 def test_the_card_can_place_the_results_among_the_published_methods(tiny_checkpoint, tmp_path):
+    from instructpart_metric import paper
     from pisa_model.model_card import render_model_card
 
     metrics = {"gIoU": 0.31234, "cIoU": 0.4, "P@50:95": 0.105, "P@50": 0.25}
-    trps = _results_file(tmp_path / "trps.json", "trps", "test", {"human": metrics, "gpt4": metrics})
+    official = paper.OFFICIAL_TEST_SPLIT["trps"]
+    trps = _results_file(tmp_path / "trps.json", "trps", "test", {"human": metrics, "gpt4": metrics}, **official)
     text = str(render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[trps], compare_published=True))
     assert "| LISA | RS | 34.46 | 39.44 |" in text and "| Average (as printed) |" in text
     # TRPS human gIoU 31.23: only LISA's 32.11 is higher; cIoU 40.00 beats every published 30.25 or less
@@ -350,6 +359,11 @@ def test_the_card_can_place_the_results_among_the_published_methods(tiny_checkpo
     assert "| LISA |" not in plain and "| pisa-tiny |" in plain
     with pytest.raises(ValueError, match="TRPS results again"):
         render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[trps, trps])
+    # 60 entries are 120 TRPS rows: the published rows are shown, without ranks, and the card says why
+    sample = _results_file(tmp_path / "sample.json", "trps", "test", {"human": metrics, "gpt4": metrics}, rows=120)
+    text = str(render_model_card(tiny_checkpoint, "org/pisa-tiny", results_files=[sample], compare_published=True))
+    assert "| LISA | RS | 34.46 | 39.44 |" in text and " of 11" not in text
+    assert "No ranks against the published rows: not the official test split: 60 of 600 entries" in text
 
 
 def test_model_space_stages_the_package_app_examples_and_a_card_that_names_the_model(tmp_path):
@@ -477,15 +491,18 @@ def test_pushed_cards_parse_with_the_hub_card_classes_and_carry_the_listing_fiel
         model.data.pipeline_tag == "image-segmentation"
         and "image-segmentation" in PIPELINE_REGISTRY.get_supported_tasks()
     )
-    assert model.data.library_name == "transformers" and model.data.license == "apache-2.0"
+    assert model.data.library_name == "transformers" and model.data.license == "unknown"  # no --license given
+    assert "Not stated: no licence was chosen" in model.text
     assert model.data.base_model == ["llava-hf/llava-1.5-7b-hf", "facebook/dinov2-large"]
     assert model.data.datasets == ["org/instructpart"] and "custom_code" in model.data.tags
     # The model-index is parsed back into EvalResults by the card class (malformed entries raise here).
     results = {(r.dataset_config, r.metric_name): r.metric_value for r in model.data.eval_results}
     assert results[("trps", "gIoU (TRPS)")] == 50.0 and results[("trps", "cIoU (TRPS)")] == 25.0
     assert "https://huggingface.co/spaces/org/pisa-tiny-demo" in model.text
-    for path in [e["src"].split("/resolve/main/")[1] for e in model.data.widget]:
-        assert path in hub.files("model", "org/pisa-tiny")
+    # no widget block (the Hub runs none for custom code); the example photo is pushed and shown in the body
+    assert model.data.widget is None and "widget:" not in model.content
+    assert "example.jpg" in hub.files("model", "org/pisa-tiny")
+    assert "https://huggingface.co/org/pisa-tiny/resolve/main/example.jpg" in model.text
 
     dataset = _card(hub, "dataset", "org/instructpart", DatasetCard)
     assert isinstance(dataset.data, DatasetCardData)
@@ -505,3 +522,109 @@ def test_pushed_cards_parse_with_the_hub_card_classes_and_carry_the_listing_fiel
         assert "app.py" in space_files and app_needs in space_files["requirements.txt"].decode()
     assert SpaceCard(hub.files("space", "org/pisa-tiny-demo")["README.md"].decode()).data.models == ["org/pisa-tiny"]
     assert SpaceCard(hub.files("space", "org/instructpart")["README.md"].decode()).data.datasets == ["org/instructpart"]
+
+
+def test_the_card_takes_training_data_and_licence_from_the_run_and_the_user(tiny_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    import yaml
+
+    from pisa_model.model_card import render_model_card
+    from pisa_model.train import write_training_data
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    unrecorded = str(render_model_card(str(checkpoint), "org/pisa-tiny"))
+    assert "The training data was not recorded" in unrecorded and "pisa_model.train` on InstructPart" not in unrecorded
+    assert yaml.safe_load(unrecorded.split("---\n")[1])["license"] == "unknown"
+    assert "no licence was chosen" in unrecorded and "apache" not in unrecorded
+
+    write_training_data(str(checkpoint), str(tmp_path / "my-release"), "train", ("trps", "orps"), 720)
+    record = json.loads((checkpoint / "training_data.json").read_text())
+    assert record["data"] == "my-release" and str(tmp_path) not in json.dumps(record)  # no local path travels
+    real = str(render_model_card(str(checkpoint), "org/pisa-tiny", license="mit"))
+    assert "on the `train` split of `my-release`: 720 TRPS and ORPS rows" in real
+    assert yaml.safe_load(real.split("---\n")[1])["license"] == "mit" and "`mit`, as chosen by the uploader" in real
+
+    record["synthetic"] = "generated by instructpart_dataset.synthetic (seed 0)"
+    (checkpoint / "training_data.json").write_text(json.dumps(record))
+    synthetic = str(render_model_card(str(checkpoint), "org/pisa-tiny"))
+    assert "on synthetic data, not InstructPart (generated by instructpart_dataset.synthetic (seed 0))" in synthetic
+
+
+def test_the_model_index_names_the_revision_and_entries_and_calls_only_the_official_split_test(
+    tiny_checkpoint, tmp_path
+):
+    import yaml
+
+    from instructpart_metric import paper
+    from pisa_model.model_card import render_model_card
+
+    metrics = {"gIoU": 0.5, "cIoU": 0.25, "P@50:95": 0.1, "P@50": 0.5}
+    sample = _results_file(tmp_path / "sample.json", "trps", "test", {"human": metrics, "gpt4": metrics}, rows=120)
+    meta = yaml.safe_load(str(render_model_card(tiny_checkpoint, "org/p", results_files=[sample])).split("---\n")[1])
+    dataset = meta["model-index"][0]["results"][0]["dataset"]
+    assert dataset["split"] == "test (60 entries)" and dataset["revision"] == "sha256:" + "ab" * 32
+    assert dataset["name"] == "InstructPart (not the official test split: 60 of 600 entries)"
+    assert dataset["args"] == {"entries": 60, "rows": 120}
+    official = paper.OFFICIAL_TEST_SPLIT["trps"]
+    full = _results_file(tmp_path / "full.json", "trps", "test", {"human": metrics, "gpt4": metrics}, **official)
+    meta = yaml.safe_load(str(render_model_card(tiny_checkpoint, "org/p", results_files=[full])).split("---\n")[1])
+    dataset = meta["model-index"][0]["results"][0]["dataset"]
+    assert dataset["split"] == "test" and dataset["name"] == "InstructPart"
+    assert dataset["revision"] == official["fingerprint"] and dataset["args"] == {"entries": 600, "rows": 1200}
+
+
+def _stalled_push(stage, hub_url, stall_on, tmp_path, *extra):
+    """`upload.py`'s push of `stage` (as `_publish` does it) against a Hub that never answers `stall_on`, in a
+    subprocess that the test would kill if the push hung."""
+    code = (
+        "import argparse, sys; sys.path.insert(0, sys.argv[1]); import upload; "
+        "from instructpart_dataset.toolbox.cli_errors import run_command; "
+        "parser = argparse.ArgumentParser(); upload_args = sys.argv[3:]; "
+        "args = argparse.Namespace(repo_id='org/stalled', dry_run=False, private=False, revision='v1', "
+        "connect_timeout=1.0, read_timeout=1.0, attempts=2, **dict(a.split('=') for a in upload_args)); "
+        "sys.exit(run_command('upload.py', upload._publish, args, sys.argv[2], 'dataset', 'a test'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=hub_url, HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / "hf-home"))
+    return subprocess.run(
+        [sys.executable, "-c", code, ROOT, stage, *extra], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "stall_on, done, remaining",
+    [
+        ("/api/repos/create", "nothing", "create dataset repo org/stalled; create branch v1; commit 2 files"),
+        # huggingface_hub retries a commit itself (six tries, 23 s of waits): slow.
+        pytest.param(
+            "/commit/",
+            "create dataset repo org/stalled; create branch v1",
+            "commit 2 files",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_a_stalled_hub_fails_the_push_in_one_line_naming_what_was_sent_and_keeps_the_stage(
+    tmp_path, stall_on, done, remaining
+):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    (stage / "data.json").write_text("{}")
+    with FakeHub(TOKEN, stall_on=stall_on) as hub:
+        run = _stalled_push(str(stage), hub.url, stall_on, tmp_path)
+        never_answered = [path for method, path in hub.requests if method == "POST (never answered)"]
+    assert run.returncode == 1, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("upload.py: error:")]
+    assert len(errors) == 1, run.stderr
+    assert f"push to org/stalled failed at {remaining.split(';')[0]}" in errors[0]
+    assert f"done: {done}; remaining: {remaining}" in errors[0] and f"stay in {stage} for a retry" in errors[0]
+    assert TOKEN not in run.stdout + run.stderr
+    if stall_on == "/api/repos/create":  # --attempts 2 (default: the library's 6 tries, as for a commit)
+        assert len(never_answered) == 2 and "after 2 attempts" in errors[0]
+        assert "attempt 2 of 2" in run.stderr  # said while it waits
+    assert never_answered and all(stall_on in path for path in never_answered)
+    assert sorted(os.listdir(stage)) == ["README.md", "data.json"]

@@ -14,10 +14,9 @@ import zlib
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import upload
 
-import upload  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STATE = {"step": 3, "rng": [1, 2, 3], "lr": 0.001}
 

@@ -329,6 +329,97 @@ def save_tiny_vlm(folder: str, seed: int = 0) -> str:
     return folder
 
 
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}  # smart_resize to at most 4x4 patches of 28
+
+
+def image_only_qwen2_5_vl_processor_class():
+    """Qwen2.5-VL's processor without its video half.
+
+    transformers builds Qwen-VL processors only with their video processor, which needs torchvision; the CPU
+    wheels of this environment have none that matches torch. Images go through the real Qwen2.5-VL processor
+    code (its `__call__`, image-token expansion and image processor); only the video attribute is left out.
+    Registered with AutoProcessor so that a saved folder loads as the adapter loads any checkpoint."""
+    from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    AutoProcessor.register(Qwen2_5_VLConfig, ImageOnlyQwen2_5_VLProcessor, exist_ok=True)
+    return ImageOnlyQwen2_5_VLProcessor
+
+
+def save_tiny_qwen2_5_vl(folder: str, seed: int = 0) -> str:
+    """A tiny Qwen2.5-VL (`AutoModelForImageTextToText` loads it) with Qwen's chat template and special tokens and
+    its image processor (`smart_resize` within `QWEN_PIXELS`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
+
+    backend = Tokenizer(models.BPE(vocab={char: i for i, char in enumerate(_byte_alphabet())}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.add_tokens(
+        ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"], special_tokens=True
+    )
+    token = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=32,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=token("<|image_pad|>"),
+        video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"),
+        vision_end_token_id=token("<|vision_end|>"),
+    )
+    with _seeded(seed):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    processor_class = image_only_qwen2_5_vl_processor_class()
+    image_processor = Qwen2VLImageProcessorPil(**QWEN_PIXELS)
+    processor_class(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
+    ).save_pretrained(folder)
+    return folder
+
+
 def save_tiny_checkpoints(root: str, seed: int = 0) -> dict:
     """Every tiny checkpoint above, plus a tiny PISA, in subfolders of `root`: `{name: folder}`."""
     from pisa_model.tiny import save_tiny_pisa
@@ -365,6 +456,8 @@ __all__ = [
     "save_tiny_sam",
     "save_tiny_sam3",
     "save_tiny_vlm",
+    "save_tiny_qwen2_5_vl",
+    "image_only_qwen2_5_vl_processor_class",
     "tiny_bert_tokenizer",
     "tiny_chat_tokenizer",
     "tiny_clip_tokenizer",

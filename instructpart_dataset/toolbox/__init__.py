@@ -10,7 +10,9 @@ all import from here, and this group imports nothing of the project:
     extras          imports on first use: an optional dependency with the `pip install instructpart[<extra>]`
                     hint (`require`), a package's lazily exported names (`lazy_exports`);
     fresh_process   running code or serving an app as a user of a Hub repo does, where the project cannot be
-                    imported (`run_isolated`, `serve_isolated`: upload.py's verification, the tests, the bench).
+                    imported (`run_isolated`, `serve_isolated`: upload.py's verification, the tests, the bench);
+    space_files     what every Gradio Space gets beside its app: requirements.txt in this distribution's own
+                    ranges, the card's Space metadata (`write_space_files`, `space_requirements`).
 
 Import the module you need (`from instructpart_dataset.toolbox.files import write_json_atomic`): this file
 imports none of them, so that using one loads no other.

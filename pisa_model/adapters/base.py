@@ -147,3 +147,28 @@ def as_bool_mask(mask, image) -> np.ndarray:
     if mask.shape != (image.height, image.width):
         raise ValueError(f"predicted mask of shape {mask.shape} for an image of size {image.height}x{image.width}")
     return mask.astype(bool, copy=False)
+
+
+def sam_box_masks(sam, sam_processor, images: list, boxes: list) -> tuple:
+    """SAM's mask for one box per image: `(masks, scores)`, bool (H, W) arrays at each image's size and SAM's
+    predicted IoU. SAM's processor resizes the longest side to its input size and pads to a square; its single
+    low-resolution mask (`multimask_output=False`, SAM's choice for box prompts) is un-padded and resized to
+    (H, W) by `post_process_masks`; threshold: mask logit > 0.
+
+    Args:
+        images (`list[PIL.Image.Image]`): RGB images.
+        boxes (`list`): `(x0, y0, x1, y1)` in each image's pixels.
+    """
+    import torch
+
+    if not images:
+        return [], []
+    inputs = sam_processor(images=images, input_boxes=[[list(box)] for box in boxes], return_tensors="pt")
+    model_inputs = to_device({key: inputs[key] for key in ("pixel_values", "input_boxes")}, sam.device, sam.dtype)
+    with torch.inference_mode():
+        outputs = sam(**model_inputs, multimask_output=False)
+    masks = sam_processor.image_processor.post_process_masks(
+        outputs.pred_masks.float().cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"], mask_threshold=0.0
+    )
+    scores = outputs.iou_scores.float().cpu().reshape(len(images), -1)[:, 0].tolist()
+    return [mask[0, 0].numpy().astype(bool) for mask in masks], scores

@@ -26,6 +26,7 @@ from .base import (
     prepare_model,
     require_argument,
     resolve_dtype,
+    sam_box_masks,
     to_device,
 )
 
@@ -87,24 +88,14 @@ class GroundedSamAdapter(Adapter):
         return results
 
     def predict_with_extras(self, images, instructions):
-        import torch
-
         check_batch(images, instructions)
         if not images:
             return [], []
         images = [image.convert("RGB") for image in images]
         boxes = self.boxes(images, instructions)
-        inputs = self.sam_processor(images=images, input_boxes=[[box] for box, _ in boxes], return_tensors="pt")
-        model_inputs = to_device(
-            {key: inputs[key] for key in ("pixel_values", "input_boxes")}, self.sam.device, self.sam.dtype
-        )
-        with torch.inference_mode():
-            low_res = self.sam(**model_inputs, multimask_output=False).pred_masks  # (batch, 1, 1, h, w)
-        masks = self.sam_processor.image_processor.post_process_masks(
-            low_res.float().cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"], mask_threshold=0.0
-        )
+        masks, _ = sam_box_masks(self.sam, self.sam_processor, images, [box for box, _ in boxes])
         extras = [{"box": [round(v, 2) for v in box], "box_score": round(score, 4)} for box, score in boxes]
-        return [mask[0, 0].numpy().astype(bool) for mask in masks], extras
+        return masks, extras
 
     def predict(self, images, instructions):
         return self.predict_with_extras(images, instructions)[0]

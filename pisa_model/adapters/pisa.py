@@ -41,18 +41,18 @@ class PisaAdapter(Adapter):
         check_batch(images, instructions)
         if not images:
             return [], (None if not self.generate else [])
-        masks, answers = self.model.predict(
+        masks, answers, has_seg = self.model.predict(
             list(images),
             list(instructions),
             batch_size=len(images),
             generate=self.generate,
             max_new_tokens=self.max_new_tokens,
             return_answers=True,
+            return_has_seg=True,  # by token id: the rule that decides the mask, not the decoded text
         )
         if not self.generate:  # the answer is the fixed one: nothing to record
             return masks, None
-        seg_token = self.model.get_processor().seg_token  # kept in the decoded text (not a special token)
-        return masks, [{"answer": answer, "has_seg": seg_token in answer} for answer in answers]
+        return masks, [{"answer": answer, "has_seg": bool(seg)} for answer, seg in zip(answers, has_seg)]
 
     def summarize_extras(self, records: list) -> dict:
         with_seg = sum(1 for record in records if record.get("has_seg"))

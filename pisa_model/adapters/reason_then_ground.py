@@ -1,13 +1,15 @@
-"""`reason-then-ground:VLM_CKPT,SEGMENTER_SPEC` — a vision-language model names the part, a segmenter masks it.
+"""`reason-then-ground:VLM,SEGMENTER_SPEC` — a vision-language model names the part, a segmenter masks it.
 
 e.g. `reason-then-ground:Qwen/Qwen2.5-VL-7B-Instruct,clipseg:CIDAS/clipseg-rd64-refined` or
 `reason-then-ground:llava-hf/llava-1.5-7b-hf,grounded-sam:IDEA-Research/grounding-dino-base,facebook/sam-vit-huge`.
-VLM_CKPT ends at the first comma; the rest is any other model spec (it may hold commas itself).
+VLM (a checkpoint, or `api:MODEL@BASE_URL`, e.g. `reason-then-ground:api:gpt-4o@https://api.openai.com/v1,clipseg:
+CIDAS/clipseg-rd64-refined`) ends at the first comma; the rest is any other model spec (it may hold commas itself).
 
-Step 1, reasoning (any `AutoModelForImageTextToText` checkpoint whose processor has a chat template): one user
-    turn holding the image and `REASONING_PROMPT` filled with the instruction, rendered by the processor's chat
-    template with the generation prompt; greedy decoding (`do_sample=False`) of at most `max_new_tokens`
-    (default 32) tokens; a batch is left-padded.
+Step 1, reasoning (any `AutoModelForImageTextToText` checkpoint whose processor has a chat template, or any
+    OpenAI-compatible endpoint as `api:MODEL@BASE_URL`, see `api.py`): the image and the phrase prompt of the row's
+    task form (`prompts.PHRASE_PROMPTS`: TRPS instruction, ORPS question, ORPS name; recorded with a sha256 in
+    provenance) filled with the instruction; a local model renders one user turn with its chat template and the
+    generation prompt and decodes greedily at most `max_new_tokens` (default 32) tokens (`vlm.py`).
 Step 2, parsing (`parse_part_phrase`): the first "<part> of [the] <object>" in the answer, case-insensitive,
     words of letters/digits/'/-, at most 3 words each side, stopping at determiners, pronouns, auxiliaries and
     clause words ("You should hold the HANDLE of the kettle in the image." -> ("handle", "kettle")).
@@ -23,24 +25,13 @@ the parsed part, object, and both match the ground truth exactly (lower case, `_
 
 import re
 
-from .base import (
-    Adapter,
-    check_batch,
-    checked_checkpoint,
-    dtype_options,
-    load_pretrained,
-    prepare_model,
-    require_argument,
-    resolve_dtype,
-    to_device,
-)
+import numpy as np
 
-REASONING_PROMPT = (
-    "{instruction}\n"
-    'Answer with one short phrase of the form "<part> of the <object>" naming the object part to use, '
-    "and nothing else."
-)
-DEFAULT_MAX_NEW_TOKENS = 32
+from . import prompts as prompt_table
+from .api import API_OPTIONS
+from .base import Adapter, check_batch, require_argument, resolve_dtype
+
+REASONING_PROMPT = prompt_table.PHRASE_PROMPTS["trps"]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*|[^\sa-z0-9]")
 _WORD = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
@@ -128,85 +119,76 @@ def reasoning_scores(records: list) -> dict:
     return scores
 
 
-class VisionLanguageReasoner:
-    """Asks an image-text-to-text model `REASONING_PROMPT` about each (image, instruction); returns its answers."""
+class PhraseReasoner:
+    """Asks a VLM (`vlm.LocalVLM` or `api.ApiVLM`) the phrase prompt of each row's task form; returns its answers."""
 
-    def __init__(self, model, processor, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, prompt=REASONING_PROMPT):
-        if getattr(processor, "chat_template", None) is None:
-            raise ValueError("the reasoning model's processor has no chat template to build its prompt with")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        self.model, self.processor = model, processor
-        self.max_new_tokens, self.prompt = int(max_new_tokens), prompt
-        # Decoder-only generation continues from the last position: pad on the left.
-        self.processor.tokenizer.padding_side = "left"
+    takes_instruction_types = True
 
-    def prompts(self, instructions: list) -> list:
-        return [
-            self.processor.apply_chat_template(
-                [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "image"},
-                            {"type": "text", "text": self.prompt.format(instruction=instruction)},
-                        ],
-                    }
-                ],
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            for instruction in instructions
+    def __init__(self, vlm, prompts: dict | None = None):
+        self.vlm = vlm
+        self.prompts = dict(prompt_table.PHRASE_PROMPTS if prompts is None else prompts)
+
+    def __call__(self, images: list, instructions: list, instruction_types=None) -> list:
+        kinds = list(instruction_types) if instruction_types is not None else [None] * len(images)
+        prompts = [
+            prompt_table.fill(self.prompts[prompt_table.prompt_form(kind)], text, self.vlm.shown_size(image))
+            for image, text, kind in zip(images, instructions, kinds)
         ]
+        return self.vlm.ask(images, prompts)
 
-    def __call__(self, images: list, instructions: list) -> list:
-        import torch
+    def record(self) -> dict:
+        return {"prompts": prompt_table.prompt_record(self.prompts), "vlm": self.vlm.record()}
 
-        inputs = self.processor(
-            images=[image.convert("RGB") for image in images],
-            text=self.prompts(instructions),
-            padding=True,
-            return_tensors="pt",
-        )
-        inputs = to_device(inputs, self.model.device, self.model.dtype)
-        tokenizer = self.processor.tokenizer
-        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        with torch.inference_mode():
-            generated = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad_token_id
-            )
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        return [answer.strip() for answer in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    def usage(self) -> dict:
+        return self.vlm.usage()
 
 
 class ReasonThenGroundAdapter(Adapter):
-    """`reasoner(images, instructions) -> answers`, then `segmenter.predict(images, phrases)`."""
+    """`reasoner(images, instructions) -> answers`, then `segmenter.predict(images, phrases)`.
+
+    The answers are strings or `vlm.VLMAnswer`s; a reasoner with `takes_instruction_types` also gets each row's
+    instruction type (its prompt's form). A row whose answer failed (an API row after its retries) gets an empty
+    mask and `failed` in its extras, and is not sent to the segmenter."""
 
     extras_name = "phrases"
+    takes_instruction_types = True
 
-    def __init__(self, reasoner, segmenter: Adapter, *, name: str = "reason-then-ground"):
+    def __init__(self, reasoner, segmenter: Adapter, *, name: str = "reason-then-ground", allow_failures=False):
         self.reasoner, self.segmenter, self.name = reasoner, segmenter, name
+        self.allow_failures = bool(allow_failures)
 
-    def predict_with_extras(self, images, instructions):
+    def predict_with_extras(self, images, instructions, instruction_types=None):
         check_batch(images, instructions)
         if not images:
             return [], []
-        answers = self.reasoner(images, list(instructions))
-        phrases, extras = [], []
-        for answer, instruction in zip(answers, instructions):
-            phrase, parsed = phrase_for_segmenter(answer, instruction)
-            phrases.append(phrase)
-            extras.append(
-                {
-                    "answer": answer,
-                    "phrase": phrase,
-                    "answer_part": parsed[0] if parsed else None,
-                    "answer_object": parsed[1] if parsed else None,
-                }
-            )
-        masks, segmenter_extras = self.segmenter.predict_with_extras(images, phrases)
-        if segmenter_extras:
-            extras = [{**own, **theirs} for own, theirs in zip(extras, segmenter_extras)]
+        if getattr(self.reasoner, "takes_instruction_types", False):
+            answers = self.reasoner(images, list(instructions), instruction_types)
+        else:
+            answers = self.reasoner(images, list(instructions))
+        phrases, extras, answered = [], [], []
+        for index, (answer, instruction) in enumerate(zip(answers, instructions)):
+            error = getattr(answer, "error", None)
+            text = getattr(answer, "text", answer)
+            phrase, parsed = phrase_for_segmenter(text, instruction)
+            record = {
+                "answer": text,
+                "phrase": phrase if error is None else None,
+                "answer_part": parsed[0] if parsed else None,
+                "answer_object": parsed[1] if parsed else None,
+            }
+            if error is not None:
+                record["failed"] = error
+            else:
+                answered.append(index)
+                phrases.append(phrase)
+            extras.append(record)
+        masks = [np.zeros((image.height, image.width), dtype=bool) for image in images]
+        if answered:
+            found, segmenter_extras = self.segmenter.predict_with_extras([images[i] for i in answered], phrases)
+            for position, index in enumerate(answered):
+                masks[index] = found[position]
+                if segmenter_extras:
+                    extras[index] = {**extras[index], **segmenter_extras[position]}
         return masks, extras
 
     def predict(self, images, instructions):
@@ -215,25 +197,37 @@ class ReasonThenGroundAdapter(Adapter):
     def summarize_extras(self, records: list) -> dict:
         return {"reasoning": reasoning_scores(records)}
 
+    def record(self) -> dict:
+        return self.reasoner.record() if hasattr(self.reasoner, "record") else {}
 
-def _reason_then_ground(argument, *, device=None, dtype=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    def usage(self) -> dict:
+        return self.reasoner.usage() if hasattr(self.reasoner, "usage") else {}
 
-    form = "reason-then-ground:VLM_CHECKPOINT,SEGMENTER_SPEC"
-    vlm_checkpoint, _, segmenter_spec = require_argument("reason-then-ground", argument, form).partition(",")
-    vlm_checkpoint, segmenter_spec = vlm_checkpoint.strip(), segmenter_spec.strip()
-    if not vlm_checkpoint or not segmenter_spec:
+
+def _reason_then_ground(
+    argument, *, device=None, dtype=None, max_new_tokens: int | None = None, allow_failures: bool = False, **api_options
+):
+    from .vlm import load_vlm
+
+    form = "reason-then-ground:VLM,SEGMENTER_SPEC (VLM: a checkpoint or api:MODEL@BASE_URL)"
+    vlm_spec, _, segmenter_spec = require_argument("reason-then-ground", argument, form).partition(",")
+    vlm_spec, segmenter_spec = vlm_spec.strip(), segmenter_spec.strip()
+    if not vlm_spec or not segmenter_spec:
         raise ValueError(f"reason-then-ground needs a VLM checkpoint and a segmenter spec: {form} (got {argument!r})")
     if segmenter_spec.partition(":")[0] == "reason-then-ground":
         raise ValueError("reason-then-ground's segmenter cannot itself be reason-then-ground")
-    vlm_checkpoint = checked_checkpoint(vlm_checkpoint, "reasoning VLM")  # refuse a missing one before loading
+    if not vlm_spec.startswith("api:"):
+        from .base import checked_checkpoint
+
+        checked_checkpoint(vlm_spec, "reasoning VLM")  # refuse a missing one before loading the segmenter
     dtype = resolve_dtype(dtype)
     from .registry import load_adapter  # the segmenter is any adapter; the registry imports this module lazily
 
     segmenter = load_adapter(segmenter_spec, device=device, dtype=dtype)
-    model = load_pretrained(
-        AutoModelForImageTextToText.from_pretrained, vlm_checkpoint, "reasoning VLM", **dtype_options(dtype)
+    vlm = load_vlm(vlm_spec, device=device, dtype=dtype, max_new_tokens=max_new_tokens, api_options=api_options)
+    return ReasonThenGroundAdapter(
+        PhraseReasoner(vlm), segmenter, name=f"reason-then-ground:{argument}", allow_failures=allow_failures
     )
-    processor = load_pretrained(AutoProcessor.from_pretrained, vlm_checkpoint, "reasoning VLM")
-    reasoner = VisionLanguageReasoner(prepare_model(model, device, dtype), processor, max_new_tokens=max_new_tokens)
-    return ReasonThenGroundAdapter(reasoner, segmenter, name=f"reason-then-ground:{argument}")
+
+
+_reason_then_ground.accepted_options = API_OPTIONS  # the API VLM's options (api.py), passed through **api_options

@@ -10,10 +10,14 @@ with the checkpoint (`trust_remote_code=True`).
 The model is `--model`, else `$PISA_MODEL`, else the first `models:` entry of the README.md beside this file (the
 Space's card, which is also what links the Space to the model on the Hub). Examples are `DIR/examples.json`
 (`[{"image": "kettle.png", "instruction": "..."}]`, default `examples/` beside this file). The model is loaded
-once, at startup; each request is one forward pass.
+once, at startup; each request is one forward pass (or a generated answer of at most MAX_NEW_TOKENS tokens) on a
+photo of at most MAX_PHOTO_PIXELS pixels, checked from its header before it is decoded. Refusals (a reserved
+token in the instruction, an aspect ratio the model does not take, a file that is not an image) reach the user
+as their one-line reason.
 """
 
 import argparse
+import html
 import inspect
 import json
 import os
@@ -26,7 +30,7 @@ except ImportError as missing:  # locally; on the Space, requirements.txt instal
 import numpy as np
 import torch
 from huggingface_hub import RepoCard
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import pipeline
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,6 +38,19 @@ TEACHER_FORCED, GENERATED = "teacher-forced", "generated"
 OVERLAY_RGB = np.array([255, 40, 40])
 OVERLAY_ALPHA = 0.55
 TITLE = "PISA: task-oriented part segmentation"
+# --- the bounds of one request ---
+MAX_UPLOAD = "32mb"
+MAX_PHOTO_PIXELS = 40_000_000  # decoded as RGB: 120 MB
+MAX_NEW_TOKENS = 32  # a generated answer
+QUEUE_SIZE = 16  # waiting requests (one runs at a time)
+
+
+class Refused(gr.Error):
+    """An expected refusal: its one-line reason shown to the user as text (gradio renders messages as HTML,
+    which would drop `<image>`)."""
+
+    def __init__(self, message: str):
+        super().__init__(html.escape(message, quote=False), print_exception=False)
 
 
 def model_from_card(readme: str) -> str:
@@ -50,10 +67,33 @@ def load_segmenter(model: str):
     return pipeline(model=model, trust_remote_code=True, device=device)
 
 
+def _pipeline_takes(segmenter, name: str) -> bool:
+    return name in inspect.signature(segmenter._sanitize_parameters).parameters
+
+
 def supports_generation(segmenter) -> bool:
     """Whether the checkpoint's pipeline takes `generate=True` (answer generated before segmenting); checkpoints
     whose code predates it only teacher-force the answer."""
-    return "generate" in inspect.signature(segmenter._sanitize_parameters).parameters
+    return _pipeline_takes(segmenter, "generate")
+
+
+def open_photo(image) -> Image.Image:
+    """The uploaded photo (a path, or a PIL image), upright, decoded only once its header shows at most
+    MAX_PHOTO_PIXELS pixels."""
+    if isinstance(image, (str, os.PathLike)):
+        name = os.path.basename(image)
+        try:
+            image = Image.open(image)
+        except Exception as error:  # PIL reports unreadable files through several exception types
+            raise Refused(f"{name}: not a readable image ({type(error).__name__})") from None
+        width, height = image.size
+        if width * height > MAX_PHOTO_PIXELS:
+            raise Refused(f"{name}: {width}x{height} pixels; this Space takes photos of up to {MAX_PHOTO_PIXELS:,}")
+        try:
+            image.load()
+        except Exception as error:
+            raise Refused(f"{name}: an unreadable image ({type(error).__name__}: {error})") from None
+    return ImageOps.exif_transpose(image)
 
 
 def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
@@ -64,16 +104,25 @@ def overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
 
 
 def segment(segmenter, image, instruction, answer_mode=TEACHER_FORCED):
-    """(overlay, mask as a mode-L 0/255 image, one line about the answer) for one request."""
+    """(overlay, mask as a mode-L 0/255 image, one line about the answer) for one request: a photo (its uploaded
+    file, or a PIL image) and an instruction. The pipeline's refusals (ValueErrors) reach the user as Refused."""
     if image is None:
-        raise gr.Error("Upload a photo (or pick an example below).")
+        raise Refused("Upload a photo (or pick an example below).")
     instruction = (instruction or "").strip()
     if not instruction:
-        raise gr.Error("Type an instruction, e.g. 'If I want to open the cabinet, which part should I use?'")
+        raise Refused("Type an instruction, e.g. 'If I want to open the cabinet, which part should I use?'")
+    image = open_photo(image)
     # The radio offers GENERATED only where the pipeline takes it (gradio refuses other values).
-    options = {"generate": True} if answer_mode == GENERATED else {}
+    options = {}
+    if answer_mode == GENERATED:
+        options["generate"] = True
+        if _pipeline_takes(segmenter, "max_new_tokens"):
+            options["max_new_tokens"] = MAX_NEW_TOKENS
     start = time.perf_counter()
-    (result,) = segmenter(image, instruction=instruction, **options)
+    try:
+        (result,) = segmenter(image, instruction=instruction, **options)
+    except ValueError as error:  # the processor's one-line refusals: [SEG]/<image> in the text, aspect ratio, ...
+        raise Refused((str(error).strip().splitlines() or [type(error).__name__])[0]) from None
     seconds = time.perf_counter() - start
     mask_image = result["mask"].convert("L")
     mask = np.asarray(mask_image) > 0
@@ -105,7 +154,8 @@ def build_demo(segmenter, model_name: str, examples: list) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", image_mode="RGB", label="photo")
+                # The file itself (decoded here, after its size is checked), not gradio's RGB copy.
+                image = gr.Image(type="filepath", image_mode=None, label="photo")
                 instruction = gr.Textbox(label="instruction", lines=2)
                 answer_mode = gr.Radio(
                     [TEACHER_FORCED, GENERATED] if generation else [TEACHER_FORCED],
@@ -130,6 +180,7 @@ def build_demo(segmenter, model_name: str, examples: list) -> gr.Blocks:
             outputs=[shown, mask, summary],
             api_name="segment",
         )
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return demo
 
 
@@ -143,7 +194,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     segmenter = load_segmenter(model)
     print(f"loaded {model} in {time.perf_counter() - start:.1f} s", flush=True)
-    build_demo(segmenter, model, read_examples(args.examples)).launch(server_port=args.port)
+    build_demo(segmenter, model, read_examples(args.examples)).launch(server_port=args.port, max_file_size=MAX_UPLOAD)
 
 
 if __name__ == "__main__":
