@@ -139,6 +139,7 @@ def save_lisa(folder: str, device: torch.device, tiny: bool) -> str:
     config.seg_token_id = tokenizer.convert_tokens_to_ids("[SEG]")
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(config.llava_config.text_config, name, getattr(tokenizer, name))
+    torch.manual_seed(0)  # the same random LISA on every run
     with torch.device(device):
         model = PisaForPartSegmentation(config).to(torch.bfloat16)
     size = config.mask_input_size
