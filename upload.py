@@ -4,6 +4,7 @@
     python upload.py metric  --repo-id ORG/instructpart [--dataset-id ORG/instructpart] [--dry-run]
     python upload.py model   --checkpoint DIR --repo-id ORG/pisa-7b [--results results.json] [--compare-published]
                              [--space ORG/pisa-7b-demo] [--dry-run]
+    python upload.py leaderboard --repo-id ORG/NAME [RESULTS_OR_CARD ...] [--hub-tag instructpart] [--dry-run]
     common options: --stage DIR  --private  --revision BRANCH
 
 Each repository is built completely in a local staging folder (as open_clip stages before
@@ -767,6 +768,40 @@ def cmd_model(args) -> None:
         _publish(space_args, space_stage, "space", "the PISA demo Space", space_sdk="gradio")
 
 
+# --- leaderboard -----------------------------------------------------------------------------------------------
+
+
+def verify_leaderboard(stage: str, board: dict) -> None:
+    """Serve the staged leaderboard Space and check that its table, sorted by a column, is the package's order."""
+    from instructpart_metric.leaderboard import sort_rows
+
+    column = "trps_human_gIoU"
+    expected = [row["name"] for row in sort_rows(board["rows"], column)]
+
+    def query(client):
+        table = client.predict(column, api_name="/leaderboard")
+        found = [row[1] for row in table["data"]]
+        if found != expected:
+            raise UploadError(
+                f"verification failed: the staged leaderboard lists {found[:3]}..., the package {expected[:3]}..."
+            )
+
+    launch_space(stage, query, what=f"the leaderboard Space {stage}/app.py")
+
+
+def cmd_leaderboard(args) -> None:
+    from instructpart_metric.leaderboard import build_leaderboard, hub_model_ids
+    from instructpart_metric.leaderboard_space import stage_space
+
+    sources = list(args.sources) + (hub_model_ids(args.hub_tag) if args.hub_tag else [])
+    board = build_leaderboard(sources, args.orps_form)
+    stage = _stage_dir(args, "leaderboard", args.repo_id)
+    with writing(stage):
+        stage_space(stage, board)
+    verify_leaderboard(stage, board)
+    _publish(args, stage, "space", "the InstructPart leaderboard", space_sdk="gradio")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="upload.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -830,6 +865,14 @@ def main(argv=None) -> int:
     )
     common(model)
     model.set_defaults(run=cmd_model)
+    board = commands.add_parser("leaderboard", help="the leaderboard (published rows, results, model cards) as a Space")
+    board.add_argument("sources", nargs="*", metavar="RESULTS_OR_CARD", help="results.json, card .md or Hub model id")
+    board.add_argument("--hub-tag", metavar="TAG", help="also every Hub model with this tag (HfApi.list_models)")
+    from instructpart_metric.paper import add_orps_form_argument
+
+    add_orps_form_argument(board)
+    common(board)
+    board.set_defaults(run=cmd_leaderboard)
     args = parser.parse_args(argv)
     return run_command(parser.prog, args.run, args)
 

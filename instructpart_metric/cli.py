@@ -152,6 +152,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_report_arguments(command)
     command.set_defaults(handler=report)
+    from .lmms_tasks import add_arguments as add_lmms_arguments
+    from .lmms_tasks import run as run_lmms_tasks
+
+    command = commands.add_parser(
+        "lmms-eval-tasks",
+        help="print the lmms-eval task folder (or write tasks on a local export)",
+        description="Print the folder of the InstructPart lmms-eval tasks, for lmms-eval --include_path; with "
+        "--data-dir EXPORT --output DIR, write tasks that read a local export into DIR and print DIR.",
+    )
+    add_lmms_arguments(command)
+    command.set_defaults(handler=run_lmms_tasks)
+    from .leaderboard import add_arguments as add_leaderboard_arguments
+    from .leaderboard import run as run_leaderboard
+
+    command = commands.add_parser(
+        "leaderboard",
+        help="one table of the published rows, results files and model cards (HTML page and Space app)",
+        description="Build the leaderboard: the paper's published rows, results.json files and Hub model cards in the "
+        "paper's four column groups; writes DIR/leaderboard.html, DIR/leaderboard.json and DIR/space/app.py.",
+    )
+    add_leaderboard_arguments(command)
+    command.set_defaults(handler=run_leaderboard)
     return parser
 
 

@@ -107,22 +107,57 @@ def _eval_results(results_by_file: dict, dataset_id: str) -> list:
             reason = why_not_ranked(dataset, task)
             name = "InstructPart" if reason is None else f"InstructPart ({reason})"
             label = split if reason is None else f"{split} ({count} entries)"
+            data = {
+                "task_type": "image-segmentation",
+                "task_name": f"Part segmentation ({task.upper()})",
+                "dataset_type": dataset_id,
+                "dataset_name": name,
+                "dataset_config": task,
+                "dataset_split": label,
+                "dataset_revision": scored.get("fingerprint"),
+                "dataset_args": {"entries": count, "rows": rows},
+            }
             for metric, metric_id in METRIC_IDS.items():
                 entries.append(
                     EvalResult(
-                        task_type="image-segmentation",
-                        task_name=f"Part segmentation ({task.upper()})",
-                        dataset_type=dataset_id,
-                        dataset_name=name,
-                        dataset_config=task,
-                        dataset_split=label,
-                        dataset_revision=scored.get("fingerprint"),
-                        dataset_args={"entries": count, "rows": rows},
+                        **data,
                         metric_type=metric_id,
                         metric_name=f"{metric} ({task.upper()})",
                         metric_value=round(100 * block["all"][metric], 2),
                     )
                 )
+            entries += _paper_column_results(results, task, data, scored.get("fingerprint"))
+    return entries
+
+
+def _paper_column_results(results: dict, task: str, data: dict, fingerprint) -> list:
+    """The paper's columns of `task` (`metric_config` = the column group's key, e.g. `trps_human`) with the ORPS
+    form and the data's fingerprint in `metric_args` (the model-index groups metrics by task type and dataset, so
+    per-metric fields are what survives), in the dataset entry `data` of the task's own numbers: what a leaderboard
+    needs to place the model beside the paper's rows (`python -m instructpart_metric leaderboard`)."""
+    from instructpart_metric.paper import COLUMN_GROUPS
+
+    paper = results.get("paper") or {}
+    columns = paper.get("columns") or {}
+    arguments = {"orps_form": paper.get("orps_form"), "fingerprint": fingerprint, "rows": data["dataset_args"]["rows"]}
+    entries = []
+    for group in COLUMN_GROUPS:
+        if group.task != task:
+            continue
+        for metric, metric_id in METRIC_IDS.items():
+            value = columns.get(f"{group.key}_{metric}")
+            if value is None:
+                continue
+            entries.append(
+                EvalResult(
+                    **data,
+                    metric_type=metric_id,
+                    metric_name=f"{metric} ({group.title})",
+                    metric_config=group.key,
+                    metric_args={key: value for key, value in arguments.items() if value is not None},
+                    metric_value=round(100 * value, 2),
+                )
+            )
     return entries
 
 

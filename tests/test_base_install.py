@@ -1,4 +1,4 @@
-"""With only the base install's requirements (no peft, matplotlib, evaluate or gradio), every module of the package
+"""With only the base install's requirements (no peft, matplotlib, evaluate, gradio or lmms-eval), every module of the package
 imports, except the one documented as needing an extra, and what needs an extra says which, in one line."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The extras' packages, hidden from a fresh interpreter as if they were not installed.
-EXTRAS = {"peft": "lora", "matplotlib": "report", "evaluate": "evaluate", "gradio": "space"}
+EXTRAS = {"peft": "lora", "matplotlib": "report", "evaluate": "evaluate", "gradio": "space", "lmms_eval": "lmms"}
 # Modules that need an extra at import: the evaluate module wrapper (a script `evaluate.load` runs) and the
 # Gradio Space apps (run locally with `python -m ...space`).
 NEEDS_AN_EXTRA = {
@@ -20,6 +20,8 @@ NEEDS_AN_EXTRA = {
     "instructpart_metric.space.__main__": "space",
     "pisa_model.space.app": "space",
     "pisa_model.space.__main__": "space",
+    "pisa_model.lmms_model": "lmms",
+    "instructpart_metric.leaderboard_space.app": "space",
 }
 
 PROBE = r"""

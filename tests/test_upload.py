@@ -322,7 +322,11 @@ def test_staged_model_loads_with_remote_code_and_its_card_reports_only_given_res
     assert meta["base_model"] == ["llava-hf/llava-1.5-7b-hf"] and meta["datasets"] == ["org/instructpart"]
     (result,) = meta["model-index"][0]["results"]
     assert result["dataset"]["config"] == "trps" and result["dataset"]["split"] == "test (5 entries)"  # 10 rows
-    assert {m["name"]: m["value"] for m in result["metrics"]} == {
+    # Besides the TRPS numbers, the paper's two TRPS column groups (metric config), for a leaderboard.
+    paper_columns = [m for m in result["metrics"] if "config" in m]
+    assert [m["config"] for m in paper_columns] == ["trps_human"] * 4 + ["trps_gpt4"] * 4
+    assert paper_columns[0]["args"] == {"orps_form": "question", "fingerprint": "sha256:" + "ab" * 32, "rows": 10}
+    assert {m["name"]: m["value"] for m in result["metrics"] if "config" not in m} == {
         "gIoU (TRPS)": 31.23,
         "cIoU (TRPS)": 40.0,
         "P@50:95 (TRPS)": 10.5,
@@ -500,7 +504,7 @@ def test_pushed_cards_parse_with_the_hub_card_classes_and_carry_the_listing_fiel
     assert results[("trps", "gIoU (TRPS)")] == 50.0 and results[("trps", "cIoU (TRPS)")] == 25.0
     assert "https://huggingface.co/spaces/org/pisa-tiny-demo" in model.text
     # no widget block (the Hub runs none for custom code); the example photo is pushed and shown in the body
-    assert model.data.widget is None and "widget:" not in model.content
+    assert "widget" not in model.data.to_dict()  # the front matter; the body says why there is none
     assert "example.jpg" in hub.files("model", "org/pisa-tiny")
     assert "https://huggingface.co/org/pisa-tiny/resolve/main/example.jpg" in model.text
 
