@@ -57,6 +57,7 @@ METRICS_FILE = "metrics.jsonl"
 RUN_SETTINGS = (
     "init_from",
     "from_components",
+    "init_from_lisa",
     "config",
     "split",
     "batch_size",
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--init-from", default=None, help="'tiny' or a saved PISA checkpoint folder / Hub id")
     parser.add_argument("--from-components", default=None, metavar="LLAVA,DINOV2,SAM", help="pretrained parts")
+    parser.add_argument(
+        "--init-from-lisa",
+        default=None,
+        metavar="DIR",
+        help="with --from-components DINOV2: start from a converted LISA (python -m pisa_model.convert_lisa): its "
+        "language model, projector, [SEG] row, text projection and mask decoder; DINOv2 and the neck start fresh",
+    )
     parser.add_argument("--tiny", action="store_true", help="same as --init-from tiny")
     parser.add_argument("--config", default="trps,orps", help="comma-separated InstructPart configs (trps, orps)")
     parser.add_argument("--split", default="train", help="train, train200, train600, train1200 or train1800")
@@ -360,21 +368,33 @@ def _build_model(args):
     compute_dtype = COMPUTE_DTYPES[args.mixed_precision]
     init_from = "tiny" if args.tiny else args.init_from
     if args.from_components:
-        from .assembly import from_components
+        from .assembly import from_components, from_lisa
 
         parts = [p.strip() for p in args.from_components.split(",")]
-        if len(parts) != 3 or not all(parts):
-            raise ValueError(f"--from-components takes LLAVA,DINOV2,SAM, got {args.from_components!r}")
         layers = [int(i) for i in args.dinov2_layers.split(",")] if args.dinov2_layers else None
-        model = from_components(
-            *parts,
+        options = dict(
             dinov2_feature_layers=layers,
             feature_fusion=args.feature_fusion,
             mask_input_size=args.mask_input_size,
             dtype=compute_dtype,
             **_lora_options(args),
         )
-        model, processor, origin = model, model.processor, f"components {args.from_components}"
+        if args.init_from_lisa:
+            if len(parts) != 1 or not parts[0]:
+                raise ValueError(
+                    "with --init-from-lisa, --from-components names DINOV2 alone (the language model and SAM's parts "
+                    f"come from LISA), got {args.from_components!r}"
+                )
+            if not os.path.isdir(args.init_from_lisa):
+                raise FileNotFoundError(f"--init-from-lisa {args.init_from_lisa}: no such folder")
+            model = from_lisa(args.init_from_lisa, parts[0], **options)
+            origin = f"LISA {args.init_from_lisa} + DINOv2 {parts[0]}"
+        else:
+            if len(parts) != 3 or not all(parts):
+                raise ValueError(f"--from-components takes LLAVA,DINOV2,SAM, got {args.from_components!r}")
+            model = from_components(*parts, **options)
+            origin = f"components {args.from_components}"
+        processor = model.processor
     elif init_from == "tiny":
         from .tiny import tiny_pisa
 
@@ -574,6 +594,8 @@ def _check_args(args):
         raise FileNotFoundError(f"--data-dir {args.data_dir}: no such folder")
     if sum(map(bool, (args.tiny, args.init_from, args.from_components))) != 1:
         raise ValueError("choose one starting point: --init-from tiny|CHECKPOINT (or --tiny), or --from-components")
+    if args.init_from_lisa and not args.from_components:
+        raise ValueError("--init-from-lisa DIR goes with --from-components DINOV2 (DINOv2 is not in LISA)")
 
 
 def _speed_and_memory(steps, rows_per_step, started, device) -> str:
