@@ -156,7 +156,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--num-processes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="train as N processes on this machine, one per GPU (on CPU processes with --cpu or where no GPU is "
+        "visible), started by accelerate launch's own launcher run inside this command, which then exits as the "
+        "processes did (2 for a refusal, printed once; 1 for a failed operation) and adds no report of its own; "
+        "leave it out under `accelerate launch`",
+    )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="train on CPU even where a GPU is visible; with --num-processes N, N real CPU processes (unlike "
+        "`accelerate launch --cpu --num_processes N`, which runs one)",
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -675,6 +698,7 @@ def _train(args, resume, resume_state) -> str:
     from accelerate.utils import set_seed
 
     accelerator = Accelerator(
+        cpu=getattr(args, "cpu", False),
         mixed_precision=args.mixed_precision,
         log_with=[t.strip() for t in args.report_to.split(",")] if args.report_to else None,
         project_dir=args.output_dir,
@@ -911,8 +935,29 @@ def main(argv=None) -> int:
     from instructpart_dataset.toolbox.cli_errors import BAD_INPUT, check_writable, run_command
 
     args = parse_args(argv)
+    launched_as = os.environ.get("WORLD_SIZE")  # set by a launcher in each process it starts
+    if args.num_processes is not None and args.num_processes > 1 and launched_as is None:
+        from pisa_model.launch import launch_training
+
+        status = {}
+
+        def launch():
+            status["processes"] = launch_training(
+                args.num_processes,
+                sys.argv[1:] if argv is None else list(argv),
+                cpu=args.cpu,
+                mixed_precision=args.mixed_precision,
+                prog=build_parser().prog,
+            )
+
+        return run_command(build_parser().prog, launch) or status["processes"]
 
     def checked_train():
+        if launched_as is not None and args.num_processes not in (None, int(launched_as)):
+            raise ValueError(
+                f"--num-processes {args.num_processes}: this process is one of {launched_as} started by a launcher "
+                "(leave --num-processes out under accelerate launch)"
+            )
         check_writable(args.output_dir, folder=True)  # before the training, not after it
         train(args)
 
