@@ -6,6 +6,11 @@
         --batch-size 2 --grad-accum 10 --max-steps 5000 --save-steps 500
 
     python -m pisa_model.train --data-dir RELEASE --output-dir OUT --init-from tiny --max-steps 200
+    python -m pisa_model.train --num-processes 2 --cpu --data-dir RELEASE --output-dir OUT --init-from tiny
+
+`--num-processes N` launches the N processes itself with accelerate launch's own launcher (`pisa_model.launch`) and
+exits as they did, adding no launcher report: a refusal is one line and exit 2, as in one process (`accelerate
+launch` exits 1 and adds its own report).
 
 Starting points: `--init-from tiny` (the tiny random model of `pisa_model.tiny`), `--from-components
 LLAVA,DINOV2,SAM` (pretrained parts), or `--init-from PATH` (a saved PISA checkpoint). `--resume-from
