@@ -429,7 +429,7 @@ def run(args) -> int:
     return 0
 
 
-def _positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
     import argparse
 
     try:
@@ -449,7 +449,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hub-tag", metavar="TAG", help="also every Hub model with this tag (HfApi.list_models)")
     parser.add_argument(
         "--hub-timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_HUB_TIMEOUT,
         metavar="SECONDS",
         help=f"longest wait for the Hub's model list and for each card (default {DEFAULT_HUB_TIMEOUT:g})",
