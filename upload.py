@@ -794,8 +794,8 @@ def cmd_leaderboard(args) -> None:
     from instructpart_metric.leaderboard import build_leaderboard, hub_model_ids
     from instructpart_metric.leaderboard_space import stage_space
 
-    sources = list(args.sources) + (hub_model_ids(args.hub_tag) if args.hub_tag else [])
-    board = build_leaderboard(sources, args.orps_form)
+    sources = list(args.sources) + (hub_model_ids(args.hub_tag, timeout=args.hub_timeout) if args.hub_tag else [])
+    board = build_leaderboard(sources, args.orps_form, hub_timeout=args.hub_timeout)
     stage = _stage_dir(args, "leaderboard", args.repo_id)
     with writing(stage):
         stage_space(stage, board)
@@ -869,7 +869,16 @@ def main(argv=None) -> int:
     board = commands.add_parser("leaderboard", help="the leaderboard (published rows, results, model cards) as a Space")
     board.add_argument("sources", nargs="*", metavar="RESULTS_OR_CARD", help="results.json, card .md or Hub model id")
     board.add_argument("--hub-tag", metavar="TAG", help="also every Hub model with this tag (HfApi.list_models)")
+    from instructpart_metric.leaderboard import DEFAULT_HUB_TIMEOUT, positive_seconds
     from instructpart_metric.paper import add_orps_form_argument
+
+    board.add_argument(
+        "--hub-timeout",
+        type=positive_seconds,
+        default=DEFAULT_HUB_TIMEOUT,
+        metavar="SECONDS",
+        help=f"longest wait for the Hub's model list and for each card read (default {DEFAULT_HUB_TIMEOUT:g})",
+    )
 
     add_orps_form_argument(board)
     common(board)

@@ -23,9 +23,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .card import write_card
-from .instructpart import rows_of
 from .load import is_hub_export
-from .release import ReleaseError, read_sample_files, scan_release
+from .release import ReleaseError, read_sample_files, rows_of, scan_release
 from .schema import CONFIGS, FEATURES
 from .toolbox.files import publish_folder
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import datasets
 
-from .release import read_sample_files, scan_release
-from .schema import CITATION, CONFIGS, FEATURES, HOMEPAGE, INSTRUCTION_TYPES, LICENSE
+from .release import read_sample_files, rows_of, scan_release
+from .schema import CITATION, CONFIGS, FEATURES, HOMEPAGE, LICENSE
 
 DESCRIPTION = (
     "InstructPart: task-oriented part segmentation with instruction reasoning. Given a real photo and an "
@@ -31,25 +31,6 @@ class InstructPartConfig(datasets.BuilderConfig):
 
     instruction_types: tuple = ()
     release_signature: str | None = None
-
-
-def rows_of(sample, files: dict, instruction_types) -> list:
-    """The dataset rows of one checked sample, one per instruction variant, in release order."""
-    return [
-        {
-            "id": sample.id,
-            "image": files["image"],
-            "mask": files["mask"],
-            "object": sample.object,
-            "part": sample.part,
-            "affordance": sample.affordance,
-            "action": sample.action,
-            "instruction": sample.instructions[INSTRUCTION_TYPES.index(kind)],
-            "instruction_type": kind,
-            "train_subset": sample.train_subset,
-        }
-        for kind in instruction_types
-    ]
 
 
 class InstructPart(datasets.GeneratorBasedBuilder):

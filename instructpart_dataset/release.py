@@ -13,7 +13,9 @@ part are `images/<id>.jpg` and `masks/<id>.png` with `id = sample_id(...)`.
 `scan_release` reads only the json files and the directory listings (cheap);
 `read_sample_files` decodes one sample's image and mask once, checks them and
 returns the bytes to store. Every problem raises `ReleaseError` with one line
-naming the file or entry.
+naming the file or entry. `ReleaseRows` gives the rows `load_instructpart` gives
+for a release folder, read straight from its files without `datasets` (what an
+offline GPU node without `datasets` trains and evaluates on).
 
 Orientation: a JPEG's EXIF Orientation tag is honoured, as `datasets.Image`
 decoding, browsers and annotation tools (LabelMe) do: the image is the upright
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
-from .schema import ENTRY_FIELDS, TRAIN_SUBSETS, sample_id
+from .schema import CONFIGS, ENTRY_FIELDS, INSTRUCTION_TYPES, TRAIN_SUBSETS, check_config, check_split, sample_id
 
 logger = logging.getLogger(__name__)
 
@@ -339,3 +341,78 @@ def read_sample_files(sample: ReleaseSample) -> dict:
         "image": {"bytes": image_bytes, "path": os.path.basename(sample.image_file)},
         "mask": {"bytes": encode_mask(mask), "path": sample.id + ".png"},
     }
+
+
+def rows_of(sample: ReleaseSample, files: dict, instruction_types) -> list:
+    """The dataset rows of one checked sample, one per instruction variant, in release order."""
+    return [
+        {
+            "id": sample.id,
+            "image": files["image"],
+            "mask": files["mask"],
+            "object": sample.object,
+            "part": sample.part,
+            "affordance": sample.affordance,
+            "action": sample.action,
+            "instruction": sample.instructions[INSTRUCTION_TYPES.index(kind)],
+            "instruction_type": kind,
+            "train_subset": sample.train_subset,
+        }
+        for kind in instruction_types
+    ]
+
+
+ROW_COLUMNS = ("id", "image", "mask", "object", "part", "affordance", "action", "instruction", "instruction_type")
+
+
+class ReleaseRows:
+    """One split of a release folder as rows, read from its files on access, without `datasets`.
+
+    `config` is a config name or a sequence of them (their rows one config after the other, as
+    `pisa_model.data.load_rows` concatenates them). The rows, their order and their values are those of
+    `load_instructpart(path, config, split)` (numpy masks):
+    `image` a PIL RGB image (EXIF orientation applied), `mask` a bool (H, W) array, the label columns, the
+    instruction and its type, `train_subset`. Each access reads and checks the sample's files
+    (`read_sample_files`), so a problem is a `ReleaseError` naming the file.
+    """
+
+    column_names = (*ROW_COLUMNS, "train_subset")
+
+    def __init__(self, path: str, config="trps", split: str = "test"):
+        configs = (config,) if isinstance(config, str) else tuple(config)
+        for name in configs:
+            check_config(name)
+        check_split(split)
+        index = scan_release(path)
+        stored_split = "train" if split.startswith("train") else split
+        if stored_split not in index.splits:
+            present = ", ".join(sorted(index.splits)) or "none"
+            raise ValueError(f"{path}: the release has no {stored_split!r} split (present: {present})")
+        samples = index.splits[stored_split]
+        if split != stored_split:
+            limit = int(split[len("train") :])
+            samples = [s for s in samples if s.train_subset is not None and s.train_subset <= limit]
+            if not samples:
+                folder = os.path.join(path, "train")
+                raise ValueError(f"{folder}: no train<N>/ folder with N <= {limit}, so split {split!r} is empty")
+        self._rows = [(sample, kind) for name in configs for sample in samples for kind in CONFIGS[name]]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict:
+        sample, kind = self._rows[index]
+        row = rows_of(sample, read_sample_files(sample), (kind,))[0]
+        image = Image.open(io.BytesIO(row["image"]["bytes"]))
+        image.load()
+        if image.getexif().get(ORIENTATION_TAG) is not None:
+            image = ImageOps.exif_transpose(image)
+        row["image"] = image
+        row["mask"] = np.asarray(Image.open(io.BytesIO(row["mask"]["bytes"])), dtype=bool)
+        return row
+
+    def select(self, indices) -> "ReleaseRows":
+        """The rows at `indices`, in that order (as `datasets.Dataset.select`)."""
+        selected = object.__new__(ReleaseRows)
+        selected._rows = [self._rows[i] for i in indices]
+        return selected

@@ -1,6 +1,9 @@
-"""Names shared by every layer: configs, instruction types, splits, sample ids, row features."""
+"""Names shared by every layer: configs, instruction types, splits, sample ids, row features.
 
-import datasets
+`FEATURES` (the `datasets.Features` of a row) is built on first use, so that the layers that never build a
+`datasets.Dataset` (the metric core, PISA's model, training and evaluation on a release folder read without
+`datasets`, as on an offline GPU node) import this module without `datasets` installed.
+"""
 
 # Release instruction indices 0..5, in this order.
 INSTRUCTION_TYPES = (
@@ -28,20 +31,31 @@ SCORE_LABELS = ("instruction_type", *LABEL_COLUMNS)
 ENTRY_FIELDS = (*LABEL_COLUMNS, "instruction")
 CONFIG_OF_TYPE = {kind: config for config, kinds in CONFIGS.items() for kind in kinds}
 
-FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),
-        "image": datasets.Image(),
-        "mask": datasets.Image(mode="1"),
-        "object": datasets.Value("string"),
-        "part": datasets.Value("string"),
-        "affordance": datasets.Value("string"),
-        "action": datasets.Value("string"),
-        "instruction": datasets.Value("string"),
-        "instruction_type": datasets.Value("string"),
-        "train_subset": datasets.Value("int32"),
-    }
-)
+
+def _features():
+    import datasets
+
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "mask": datasets.Image(mode="1"),
+            "object": datasets.Value("string"),
+            "part": datasets.Value("string"),
+            "affordance": datasets.Value("string"),
+            "action": datasets.Value("string"),
+            "instruction": datasets.Value("string"),
+            "instruction_type": datasets.Value("string"),
+            "train_subset": datasets.Value("int32"),
+        }
+    )
+
+
+def __getattr__(name):
+    if name == "FEATURES":
+        globals()["FEATURES"] = features = _features()
+        return features
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sample_id(image_path: str, object_name: str, part_name: str) -> str:

@@ -7,7 +7,10 @@ rows, results files and Hub model cards, in the paper's four column groups.
 Each argument is a results.json (`pisa_model.evaluate`, `score --json`), a model card file (a `.md`), or a Hub
 model id whose card is read with `huggingface_hub.ModelCard.load`; `--hub-tag` adds the models
 `HfApi.list_models(filter=TAG)` lists. A card counts when its model-index names InstructPart and holds the
-paper's columns (`pisa_model.model_card` writes them); another card is skipped with a warning.
+paper's columns (`pisa_model.model_card` writes them); another card is skipped with a warning. The Hub (`HF_ENDPOINT`,
+default huggingface.co) is given `--hub-timeout` seconds (default 60) for the list and for each card; past that the
+command stops with one line naming what it waited for (exit 1), as it does on a network error. An unknown model id,
+or a model without a README.md card, is bad input (exit 2).
 
 Rows are ranked together only when they are comparable: the published rows were measured on the official test
 split, so a row whose data fingerprint is not that split's (`paper.why_not_ranked`) is marked and never ranked,
@@ -19,6 +22,9 @@ ranked. DIR gets `leaderboard.html` (sortable by any column, marks and provenanc
 import html
 import os
 import sys
+import threading
+
+from instructpart_dataset.toolbox.cli_errors import OperationFailed
 
 from .core import METRIC_KEYS
 from .paper import COLUMN_GROUPS, DEFAULT_ORPS_FORM, PAPER_COLUMNS, check_orps_form, published_results, why_not_ranked
@@ -26,6 +32,7 @@ from .paper import COLUMN_GROUPS, DEFAULT_ORPS_FORM, PAPER_COLUMNS, check_orps_f
 BENCHMARK = "InstructPart"
 PUBLISHED_SOURCE = "published"
 NAME_COLUMN = "method"
+DEFAULT_HUB_TIMEOUT = 60.0
 ORPS_COLUMNS = tuple(f"{g.key}_{m}" for g in COLUMN_GROUPS if g.task == "orps" for m in METRIC_KEYS)
 
 
@@ -109,27 +116,92 @@ def card_row(card, where: str) -> dict | None:
     return _row(name, "card", values, orps_form=orps_form, not_ranked=reason, provenance=provenance)
 
 
-def _load_card(source: str):
+class HubUnavailable(OperationFailed):
+    """The Hub did not answer in time, or the network failed: the operation failed, not the input (exit 1)."""
+
+
+def within_hub_timeout(what: str, seconds: float, request):
+    """`request()`'s value, or `HubUnavailable` naming `what` when the Hub has not answered within `seconds`.
+
+    huggingface_hub bounds its own requests too loosely for a command line (a card's download retries a stalled
+    request six times with 60 s timeouts; a model listing has none), so the whole call gets one deadline. The call
+    runs in a daemon thread: one left waiting on a stalled Hub ends with the library's own timeouts or the process."""
+    found = {}
+
+    def call():
+        try:
+            found["value"] = request()
+        except BaseException as error:  # handed to the caller's thread
+            found["error"] = error
+
+    worker = threading.Thread(target=call, name=f"hub: {what}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise HubUnavailable(f"{what}: the Hub did not answer within {seconds:g} s (--hub-timeout)")
+    if "error" in found:
+        raise found["error"]
+    return found["value"]
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _load_card(source: str, timeout: float = DEFAULT_HUB_TIMEOUT):
+    """The card of a `.md` file, or of a Hub model's README.md."""
     from huggingface_hub import ModelCard
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
-        return ModelCard.load(source)
-    except Exception as error:  # a missing repo, no network, malformed YAML: one line naming the card
-        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{source}: cannot read the model card ({message})") from None
+        if os.path.isfile(source):
+            return ModelCard.load(source)
+        return within_hub_timeout(source, timeout, lambda: ModelCard.load(source))
+    except RepositoryNotFoundError:
+        raise ValueError(f"{source}: no such model on the Hub (or it is private or gated)") from None
+    except (RemoteEntryNotFoundError, RevisionNotFoundError):
+        raise ValueError(f"{source}: the model has no README.md model card on the Hub") from None
+    except HubUnavailable:
+        raise
+    except (LocalEntryNotFoundError, HfHubHTTPError, ConnectionError) as error:  # no network, the Hub's 5xx
+        raise HubUnavailable(f"{source}: cannot reach the Hub ({_first_line(error)})") from None
+    except Exception as error:
+        if _is_network_error(error):
+            raise HubUnavailable(f"{source}: cannot reach the Hub ({_first_line(error)})") from None
+        raise ValueError(f"{source}: cannot read the model card ({_first_line(error)})") from None  # bad YAML
 
 
-def hub_model_ids(tag: str, api=None, limit: int = 500) -> list:
-    """The ids of the Hub models tagged `tag` (`HfApi.list_models(filter=tag)`)."""
+def _is_network_error(error: BaseException) -> bool:
+    """A transport failure of huggingface_hub's HTTP client (named as in its httpx exception tree)."""
+    return any(cls.__name__ in ("TransportError", "TimeoutException") for cls in type(error).__mro__)
+
+
+def hub_model_ids(tag: str, api=None, limit: int = 500, timeout: float = DEFAULT_HUB_TIMEOUT) -> list:
+    """The ids of the Hub models tagged `tag` (`HfApi.list_models(filter=tag)`, every page)."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
     api = api if api is not None else HfApi()
-    return [model.id for model in api.list_models(filter=tag, limit=limit)]
+    what = f"--hub-tag {tag}"
+    try:
+        return within_hub_timeout(what, timeout, lambda: [m.id for m in api.list_models(filter=tag, limit=limit)])
+    except HubUnavailable:
+        raise
+    except Exception as error:
+        if isinstance(error, (HfHubHTTPError, ConnectionError)) or _is_network_error(error):
+            raise HubUnavailable(f"{what}: cannot list the Hub's models ({_first_line(error)})") from None
+        raise
 
 
-def build_rows(sources: list, *, warn=None) -> list:
+def build_rows(sources: list, *, warn=None, hub_timeout: float = DEFAULT_HUB_TIMEOUT) -> list:
     """Published rows, then one row per results file or card in `sources` (cards without InstructPart columns
-    are skipped with a warning through `warn`)."""
+    are skipped with a warning through `warn`; a Hub card is waited for at most `hub_timeout` seconds)."""
     warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
     rows = published_rows()
     for source in sources:
@@ -138,7 +210,7 @@ def build_rows(sources: list, *, warn=None) -> list:
             continue
         if not os.path.exists(source) and (source.endswith(".md") or source.count("/") != 1):
             raise FileNotFoundError(f"{source}: no such results file or model card")
-        row = card_row(_load_card(source), source)
+        row = card_row(_load_card(source, hub_timeout), source)
         if row is None:
             warn(f"{source}: the model card's model-index names no {BENCHMARK} paper columns; skipped")
             continue
@@ -177,9 +249,11 @@ def ranks(rows: list, column: str, orps_form: str) -> dict:
     return {k: 1 + sum(other > value for _, other in eligible) for k, value in eligible}
 
 
-def build_leaderboard(sources: list, orps_form: str = DEFAULT_ORPS_FORM, *, warn=None) -> dict:
+def build_leaderboard(
+    sources: list, orps_form: str = DEFAULT_ORPS_FORM, *, warn=None, hub_timeout: float = DEFAULT_HUB_TIMEOUT
+) -> dict:
     check_orps_form(orps_form)
-    rows = build_rows(sources, warn=warn)
+    rows = build_rows(sources, warn=warn, hub_timeout=hub_timeout)
     for row in rows:
         row["orps_mismatch"] = orps_mismatch(row, orps_form)
     return {
@@ -343,8 +417,8 @@ def run(args) -> int:
         raise ValueError("give results files, model cards or --hub-tag TAG")
     sources = list(args.sources)
     if args.hub_tag:
-        sources += hub_model_ids(args.hub_tag)
-    board = build_leaderboard(sources, args.orps_form)
+        sources += hub_model_ids(args.hub_tag, timeout=args.hub_timeout)
+    board = build_leaderboard(sources, args.orps_form, hub_timeout=args.hub_timeout)
     page = write_leaderboard(board, args.output)
     yours = [row for row in board["rows"] if row["source"] != PUBLISHED_SOURCE]
     print(f"{len(board['rows']) - len(yours)} published rows and {len(yours)} of yours:")
@@ -355,12 +429,31 @@ def run(args) -> int:
     return 0
 
 
+def positive_seconds(text: str) -> float:
+    import argparse
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
 def add_arguments(parser) -> None:
     from .paper import add_orps_form_argument
 
     parser.add_argument("sources", nargs="*", metavar="RESULTS_OR_CARD", help="results.json, card .md or Hub model id")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the page, JSON and Space app go")
     parser.add_argument("--hub-tag", metavar="TAG", help="also every Hub model with this tag (HfApi.list_models)")
+    parser.add_argument(
+        "--hub-timeout",
+        type=positive_seconds,
+        default=DEFAULT_HUB_TIMEOUT,
+        metavar="SECONDS",
+        help=f"longest wait for the Hub's model list and for each card (default {DEFAULT_HUB_TIMEOUT:g})",
+    )
     add_orps_form_argument(parser)
 
 

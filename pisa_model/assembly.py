@@ -3,6 +3,7 @@
 checkpoint is loaded or run. Unlike `modeling_pisa.py`, this file does not travel with checkpoints.
 
     model = from_components("llava-hf/llava-1.5-7b-hf", "facebook/dinov2-large", "facebook/sam-vit-huge", lora_rank=8)
+    model = from_lisa("out/lisa-7b", "facebook/dinov2-large", lora_rank=8)   # PISA started from a converted LISA
     save_merged(model, "out/merged")   # LoRA folded in: the checkpoint loads without peft
 """
 
@@ -103,6 +104,40 @@ def save_merged(model: PisaForPartSegmentation, save_directory: str, **kwargs):
         model.config.lora_rank = rank
 
 
+def _dinov2_mask_image_processor(dinov2: str, mask_input_size: int) -> SamImageProcessorPil:
+    """SAM's resize-longest-side-and-pad at `mask_input_size`, normalised as DINOv2 was trained."""
+    dinov2_processor = AutoImageProcessor.from_pretrained(dinov2)
+    return SamImageProcessorPil(
+        size={"longest_edge": mask_input_size},
+        pad_size={"height": mask_input_size, "width": mask_input_size},
+        mask_size={"longest_edge": mask_input_size},
+        mask_pad_size={"height": mask_input_size, "width": mask_input_size},
+        image_mean=list(dinov2_processor.image_mean),
+        image_std=list(dinov2_processor.image_std),
+    )
+
+
+def init_rows_with_mean(llava_model, new_ids, known_tokens: int) -> None:
+    """Start the input-embedding and LM-head rows of `new_ids` (tokens just added to the tokenizer) at the mean of
+    the rows of its `known_tokens` existing tokens, as `resize_token_embeddings` starts the rows it adds
+    (`mean_resizing`, its default). Used when the new ids fall in spare rows of a padded embedding matrix, where
+    no resize happens (llava-hf's 32,064 rows hold 32,002 tokens). transformers adds a draw of N(0, 1e-9 x the rows'
+    covariance) to the mean so that several new rows differ; each new token here gets the exact mean."""
+    new_ids = list(new_ids)
+    if not new_ids:
+        return
+    tables = [llava_model.get_input_embeddings().weight]
+    head = llava_model.get_output_embeddings()
+    if head is not None and head.weight is not tables[0]:
+        tables.append(head.weight)
+    with torch.no_grad():
+        for table in tables:
+            mean = table[:known_tokens].to(torch.float32).mean(dim=0)
+            table[new_ids] = mean.to(table.dtype).expand(len(new_ids), -1)
+        if head is not None and getattr(head, "bias", None) is not None:
+            head.bias[new_ids] = head.bias[:known_tokens].to(torch.float32).mean().to(head.bias.dtype)
+
+
 def from_components(
     llava: str,
     dinov2: str,
@@ -133,6 +168,7 @@ def from_components(
     llava_model = AutoModelForImageTextToText.from_pretrained(llava, dtype=compute_dtype)
     llava_processor = AutoProcessor.from_pretrained(llava)
     tokenizer = llava_processor.tokenizer
+    known_tokens = len(tokenizer)
     image_token = getattr(llava_processor, "image_token", "<image>")
     # Matched before any normalisation (e.g. lower-casing), so that they keep their spelling.
     if image_token not in tokenizer.get_vocab():
@@ -141,7 +177,9 @@ def from_components(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if len(tokenizer) > llava_model.get_input_embeddings().weight.shape[0]:
-        llava_model.resize_token_embeddings(len(tokenizer))
+        llava_model.resize_token_embeddings(len(tokenizer))  # new rows: the mean of the old (`mean_resizing`)
+    else:  # llava-hf pads its 32,002 tokens to 32,064 rows: the new tokens land in spare rows holding anything
+        init_rows_with_mean(llava_model, range(known_tokens, len(tokenizer)), known_tokens)
 
     sam_config, sam_weights = read_sam_prompt_weights(sam)
     # The composite config gets copies: building it resets the attention implementation of the sub-configs.
@@ -155,6 +193,8 @@ def from_components(
         seg_token_id=tokenizer.convert_tokens_to_ids("[SEG]"),
         prompt_encoder_config=copy.deepcopy(sam_config.prompt_encoder_config),
         mask_decoder_config=copy.deepcopy(sam_config.mask_decoder_config),
+        initialization=f"components: LLaVA {llava}, DINOv2 {dinov2}, SAM {sam} (new [SEG] row: the mean of the "
+        "existing token rows; feature neck and text projection random)",
         **config_kwargs,
     )
     dinov2_model = Dinov2Backbone.from_pretrained(dinov2, out_indices=config.dinov2_feature_layers, dtype=compute_dtype)
@@ -164,19 +204,10 @@ def from_components(
         module.load_state_dict(sam_weights[name], strict=True)
     model.apply_dtype_policy(compute_dtype)
 
-    dinov2_processor = AutoImageProcessor.from_pretrained(dinov2)
-    mask_image_processor = SamImageProcessorPil(
-        size={"longest_edge": mask_input_size},
-        pad_size={"height": mask_input_size, "width": mask_input_size},
-        mask_size={"longest_edge": mask_input_size},
-        mask_pad_size={"height": mask_input_size, "width": mask_input_size},
-        image_mean=list(dinov2_processor.image_mean),
-        image_std=list(dinov2_processor.image_std),
-    )
     vision = llava_model.config.vision_config
     model.processor = PisaProcessor(
         image_processor=llava_processor.image_processor,
-        mask_image_processor=mask_image_processor,
+        mask_image_processor=_dinov2_mask_image_processor(dinov2, mask_input_size),
         tokenizer=tokenizer,
         image_token=image_token,
         patch_size=getattr(llava_processor, "patch_size", None) or vision.patch_size,
@@ -186,4 +217,81 @@ def from_components(
     return model
 
 
-__all__ = ["from_components", "merge_lora_state_dict", "read_sam_prompt_weights", "save_merged"]
+# What PISA takes from a converted LISA (`from_lisa`); the rest of LISA (SAM's image encoder) is left behind.
+FROM_LISA = ("llava", "text_projection", "prompt_encoder", "mask_decoder")
+
+
+def from_lisa(
+    lisa: str,
+    dinov2: str,
+    *,
+    dinov2_feature_layers=None,
+    feature_fusion: str = "sum",
+    mask_input_size: int = DEFAULT_MASK_INPUT_SIZE,
+    dtype: torch.dtype | None = None,
+    **config_kwargs,
+) -> PisaForPartSegmentation:
+    r"""
+    PISA started from LISA, as the paper's baseline was: from the converted LISA checkpoint `lisa` (a folder written
+    by `python -m pisa_model.convert_lisa`) the language model with its vision tower and projector (LLaVA v1's
+    single linear one), its tokenizer and `[SEG]` row, the `[SEG]` text projection, SAM's prompt encoder and LISA's
+    fine-tuned mask decoder, together with LISA's prompt, answer and CLIP preprocessing; DINOv2 from `dinov2`
+    (frozen) and a feature neck that starts random. LISA's SAM image encoder is not used. Dtypes and extra keyword
+    arguments as `from_components` (e.g. `lora_rank=8`).
+    """
+    compute_dtype = torch.float32 if dtype is None else dtype
+    source = PisaForPartSegmentation.from_pretrained(lisa, dtype=compute_dtype)
+    if source.config.mask_encoder != "sam":
+        raise ValueError(
+            f"{lisa}: not a converted LISA checkpoint (mask_encoder={source.config.mask_encoder!r}, LISA's is 'sam'); "
+            "convert a released LISA with python -m pisa_model.convert_lisa"
+        )
+    if source.config.lora_rank:
+        raise ValueError(
+            f"{lisa}: holds unmerged LoRA adapters (lora_rank {source.config.lora_rank}); LISA's are merged"
+        )
+    lisa_processor = source.get_processor()
+    config = PisaConfig(
+        llava_config=source.llava.config.to_dict(),
+        projector_type=source.config.projector_type,
+        dinov2_config=Dinov2Config.from_pretrained(dinov2),
+        dinov2_feature_layers=dinov2_feature_layers,
+        feature_fusion=feature_fusion,
+        mask_input_size=mask_input_size,
+        seg_token_id=source.config.seg_token_id,
+        prompt_encoder_config=copy.deepcopy(source.config.prompt_encoder_config),
+        mask_decoder_config=copy.deepcopy(source.config.mask_decoder_config),
+        text_projection_dropout=source.config.text_projection_dropout,
+        initialization=f"LISA {lisa} (language model, projector, [SEG] row, text projection, prompt encoder and mask "
+        f"decoder); DINOv2 {dinov2}; feature neck random",
+        **config_kwargs,
+    )
+    dinov2_model = Dinov2Backbone.from_pretrained(dinov2, out_indices=config.dinov2_feature_layers, dtype=compute_dtype)
+    model = PisaForPartSegmentation(config, llava=source.llava, dinov2=dinov2_model)
+    for name in FROM_LISA[1:]:
+        getattr(model, name).load_state_dict(getattr(source, name).state_dict(), strict=True)
+    model.apply_dtype_policy(compute_dtype)
+    model.processor = PisaProcessor(
+        image_processor=lisa_processor.image_processor,
+        mask_image_processor=_dinov2_mask_image_processor(dinov2, mask_input_size),
+        tokenizer=lisa_processor.tokenizer,
+        prompt_template=lisa_processor.prompt_template,
+        answer=lisa_processor.answer,
+        image_token=lisa_processor.image_token,
+        seg_token=lisa_processor.seg_token,
+        patch_size=lisa_processor.patch_size,
+        vision_feature_select_strategy=lisa_processor.vision_feature_select_strategy,
+        num_additional_image_tokens=lisa_processor.num_additional_image_tokens,
+    )
+    return model
+
+
+__all__ = [
+    "FROM_LISA",
+    "from_components",
+    "from_lisa",
+    "init_rows_with_mean",
+    "merge_lora_state_dict",
+    "read_sam_prompt_weights",
+    "save_merged",
+]

@@ -103,6 +103,9 @@ class PisaConfig(PreTrainedConfig):
         lora_alpha, lora_dropout, lora_target_modules: the LoRA settings.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of the new layers.
+        initialization (`str`, *optional*):
+            Where the weights started, as `pisa_model.assembly` built the model (pretrained components, or LISA);
+            the model card shows it.
     """
 
     model_type = "pisa"
@@ -139,6 +142,7 @@ class PisaConfig(PreTrainedConfig):
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | tuple[str, ...] = ("q_proj", "v_proj")
     initializer_range: float = 0.02
+    initialization: str | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

@@ -6,9 +6,9 @@ batch = collate([rows[i] for i in range(8)])     # processor tensors + "id", "in
 outputs = model(**model.prepare_inputs(batch))
 """
 
-import datasets
+import importlib.util
+import os
 
-from instructpart_dataset import load_instructpart
 from instructpart_dataset.schema import CONFIGS
 
 META_COLUMNS = ("id", "instruction_type", "object", "part")
@@ -26,12 +26,35 @@ def parse_configs(configs) -> tuple:
     return tuple(dict.fromkeys(names))
 
 
-def load_rows(data_dir: str, configs=("trps", "orps"), split: str = "train", **load_kwargs) -> datasets.Dataset:
-    """The rows of every config in `configs` for `split`, concatenated (TRPS rows first), masks as numpy bool."""
-    parts = [load_instructpart(data_dir, config=c, split=split, **load_kwargs) for c in parse_configs(configs)]
+def load_rows(data_dir: str, configs=("trps", "orps"), split: str = "train", **load_kwargs):
+    """The rows of every config in `configs` for `split`, concatenated (TRPS rows first), masks as numpy bool.
+
+    A `datasets.Dataset` (`load_instructpart`). Where `datasets` is not installed (an offline GPU node with a
+    preinstalled stack, `bench/gpu_check.sh`), a release folder is read straight from its files: the same rows
+    in the same order, as `ReleaseRows`; anything else then needs `datasets`, said in one line.
+    """
+    names = parse_configs(configs)
+    if importlib.util.find_spec("datasets") is None:
+        return _release_rows(data_dir, names, split)
+    import datasets
+
+    from instructpart_dataset import load_instructpart
+
+    parts = [load_instructpart(data_dir, config=c, split=split, **load_kwargs) for c in names]
     if len(parts) == 1:
         return parts[0]
     return datasets.concatenate_datasets(parts).with_format("numpy", columns=["mask"], output_all_columns=True)
+
+
+def _release_rows(data_dir: str, configs: tuple, split: str):
+    from instructpart_dataset.release import ReleaseRows, is_release
+
+    if not (os.path.isdir(data_dir) and is_release(data_dir)):
+        raise ValueError(
+            f"{data_dir}: without the datasets package only a release folder can be read "
+            "(an exported folder or a Hub dataset needs it: pip install datasets)"
+        )
+    return ReleaseRows(data_dir, config=configs, split=split)
 
 
 class PisaCollator:

@@ -220,6 +220,8 @@ def _architecture_rows(config) -> str:
         ("mask input", f"{config.mask_input_size} px square (longest side resized, padded)"),
         ("LoRA rank", str(config.lora_rank) if config.lora_rank else "none (full fine-tuning of the new parts)"),
     ]
+    if config.initialization:
+        rows.append(("training started from", config.initialization))
     return "\n".join(f"| {name} | {value} |" for name, value in rows)
 
 

@@ -6,6 +6,11 @@
         --batch-size 2 --grad-accum 10 --max-steps 5000 --save-steps 500
 
     python -m pisa_model.train --data-dir RELEASE --output-dir OUT --init-from tiny --max-steps 200
+    python -m pisa_model.train --num-processes 2 --cpu --data-dir RELEASE --output-dir OUT --init-from tiny
+
+`--num-processes N` launches the N processes itself with accelerate launch's own launcher (`pisa_model.launch`) and
+exits as they did, adding no launcher report: a refusal is one line and exit 2, as in one process (`accelerate
+launch` exits 1 and adds its own report).
 
 Starting points: `--init-from tiny` (the tiny random model of `pisa_model.tiny`), `--from-components
 LLAVA,DINOV2,SAM` (pretrained parts), or `--init-from PATH` (a saved PISA checkpoint). `--resume-from
@@ -57,6 +62,7 @@ METRICS_FILE = "metrics.jsonl"
 RUN_SETTINGS = (
     "init_from",
     "from_components",
+    "init_from_lisa",
     "config",
     "split",
     "batch_size",
@@ -94,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--init-from", default=None, help="'tiny' or a saved PISA checkpoint folder / Hub id")
     parser.add_argument("--from-components", default=None, metavar="LLAVA,DINOV2,SAM", help="pretrained parts")
+    parser.add_argument(
+        "--init-from-lisa",
+        default=None,
+        metavar="DIR",
+        help="with --from-components DINOV2: start from a converted LISA (python -m pisa_model.convert_lisa): its "
+        "language model, projector, [SEG] row, text projection and mask decoder; DINOv2 and the neck start fresh",
+    )
     parser.add_argument("--tiny", action="store_true", help="same as --init-from tiny")
     parser.add_argument("--config", default="trps,orps", help="comma-separated InstructPart configs (trps, orps)")
     parser.add_argument("--split", default="train", help="train, train200, train600, train1200 or train1800")
@@ -148,7 +161,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--num-processes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="train as N processes on this machine, one per GPU (on CPU processes with --cpu or where no GPU is "
+        "visible), started by accelerate launch's own launcher run inside this command, which then exits as the "
+        "processes did (2 for a refusal, printed once; 1 for a failed operation) and adds no report of its own; "
+        "leave it out under `accelerate launch`",
+    )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="train on CPU even where a GPU is visible; with --num-processes N, N real CPU processes (unlike "
+        "`accelerate launch --cpu --num_processes N`, which runs one)",
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -360,21 +396,33 @@ def _build_model(args):
     compute_dtype = COMPUTE_DTYPES[args.mixed_precision]
     init_from = "tiny" if args.tiny else args.init_from
     if args.from_components:
-        from .assembly import from_components
+        from .assembly import from_components, from_lisa
 
         parts = [p.strip() for p in args.from_components.split(",")]
-        if len(parts) != 3 or not all(parts):
-            raise ValueError(f"--from-components takes LLAVA,DINOV2,SAM, got {args.from_components!r}")
         layers = [int(i) for i in args.dinov2_layers.split(",")] if args.dinov2_layers else None
-        model = from_components(
-            *parts,
+        options = dict(
             dinov2_feature_layers=layers,
             feature_fusion=args.feature_fusion,
             mask_input_size=args.mask_input_size,
             dtype=compute_dtype,
             **_lora_options(args),
         )
-        model, processor, origin = model, model.processor, f"components {args.from_components}"
+        if args.init_from_lisa:
+            if len(parts) != 1 or not parts[0]:
+                raise ValueError(
+                    "with --init-from-lisa, --from-components names DINOV2 alone (the language model and SAM's parts "
+                    f"come from LISA), got {args.from_components!r}"
+                )
+            if not os.path.isdir(args.init_from_lisa):
+                raise FileNotFoundError(f"--init-from-lisa {args.init_from_lisa}: no such folder")
+            model = from_lisa(args.init_from_lisa, parts[0], **options)
+            origin = f"LISA {args.init_from_lisa} + DINOv2 {parts[0]}"
+        else:
+            if len(parts) != 3 or not all(parts):
+                raise ValueError(f"--from-components takes LLAVA,DINOV2,SAM, got {args.from_components!r}")
+            model = from_components(*parts, **options)
+            origin = f"components {args.from_components}"
+        processor = model.processor
     elif init_from == "tiny":
         from .tiny import tiny_pisa
 
@@ -574,6 +622,8 @@ def _check_args(args):
         raise FileNotFoundError(f"--data-dir {args.data_dir}: no such folder")
     if sum(map(bool, (args.tiny, args.init_from, args.from_components))) != 1:
         raise ValueError("choose one starting point: --init-from tiny|CHECKPOINT (or --tiny), or --from-components")
+    if args.init_from_lisa and not args.from_components:
+        raise ValueError("--init-from-lisa DIR goes with --from-components DINOV2 (DINOv2 is not in LISA)")
 
 
 def _speed_and_memory(steps, rows_per_step, started, device) -> str:
@@ -653,6 +703,7 @@ def _train(args, resume, resume_state) -> str:
     from accelerate.utils import set_seed
 
     accelerator = Accelerator(
+        cpu=getattr(args, "cpu", False),
         mixed_precision=args.mixed_precision,
         log_with=[t.strip() for t in args.report_to.split(",")] if args.report_to else None,
         project_dir=args.output_dir,
@@ -889,8 +940,29 @@ def main(argv=None) -> int:
     from instructpart_dataset.toolbox.cli_errors import BAD_INPUT, check_writable, run_command
 
     args = parse_args(argv)
+    launched_as = os.environ.get("WORLD_SIZE")  # set by a launcher in each process it starts
+    if args.num_processes is not None and args.num_processes > 1 and launched_as is None:
+        from pisa_model.launch import launch_training
+
+        status = {}
+
+        def launch():
+            status["processes"] = launch_training(
+                args.num_processes,
+                sys.argv[1:] if argv is None else list(argv),
+                cpu=args.cpu,
+                mixed_precision=args.mixed_precision,
+                prog=build_parser().prog,
+            )
+
+        return run_command(build_parser().prog, launch) or status["processes"]
 
     def checked_train():
+        if launched_as is not None and args.num_processes not in (None, int(launched_as)):
+            raise ValueError(
+                f"--num-processes {args.num_processes}: this process is one of {launched_as} started by a launcher "
+                "(leave --num-processes out under accelerate launch)"
+            )
         check_writable(args.output_dir, folder=True)  # before the training, not after it
         train(args)
 

@@ -170,6 +170,8 @@ def test_a_checkpoint_saved_again_is_never_lost_to_a_kill(release_dir, tmp_path,
 
 LAUNCHES = {
     "python -m": [sys.executable, "-m", "pisa_model.train"],
+    # Our own launch mode: accelerate's launcher run inside the command, which exits as its processes did.
+    "python -m, --num-processes 2": [sys.executable, "-m", "pisa_model.train", "--num-processes", "2", "--cpu"],
     # --quiet: the launcher adds no traceback of its own, so what stays on stderr is the workers' (it still exits
     # 1 for any failed worker: accelerate launch does not pass a worker's status on).
     "accelerate launch, 1 process": [
@@ -208,11 +210,68 @@ def test_a_refusal_is_one_line_and_exit_2_from_every_process_however_launched(re
     lines = _error_lines(run.stderr)
     assert lines == [f"{PREFIX}{data}: the release has no 'train' split (present: test)"], run.stderr
     assert "Traceback" not in run.stderr, run.stderr  # no worker died of the refusal elsewhere (e.g. at a barrier)
-    if launch == "python -m":
-        assert run.returncode == 2 and run.stderr.strip() == lines[0]
+    if launch.startswith("python -m"):
+        assert run.returncode == 2 and run.stderr.splitlines() == lines, run.stderr
     elif launch == "accelerate launch, 2 processes":  # the launcher's summary lists every worker's exit status
         statuses = [int(s) for s in re.findall(r"exitcode\s*:\s*(-?\d+)", run.stderr)]
         assert statuses and set(statuses) <= {2, -15}, run.stderr  # 2, or stopped by the launcher after the other's 2
+
+
+def _launch_environment():
+    return dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.slow
+def test_num_processes_trains_as_that_many_processes_and_exits_0(release_dir, tmp_path):
+    out = tmp_path / "two"
+    run = subprocess.run(
+        [
+            *[sys.executable, "-m", "pisa_model.train", "--num-processes", "2", "--cpu"],
+            *_args(release_dir, out, "--max-steps", "2"),
+        ],
+        env=_launch_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    # --batch-size 1 per process: a step of 2 rows is two processes' micro-batches.
+    assert "2 process(es); 2 rows per step" in run.stderr, run.stderr
+    assert _steps(out) == [1, 2]
+    assert os.path.isfile(out / "model.safetensors")
+
+
+def test_a_launch_whose_processes_failed_exits_with_their_status():
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from pisa_model.launch import processes_status
+
+    def failure(rank, exitcode):
+        return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file="<N/A>")
+
+    # The main process refused (2) and the launcher then stopped the other (SIGTERM): the refusal's status.
+    assert processes_status("prog", {0: failure(0, 2), 1: failure(1, -15)}) == 2
+    # Processes that exited with different statuses: the lowest rank's.
+    assert processes_status("prog", {1: failure(1, 2), 2: failure(2, 1)}) == 2
+
+
+def test_a_launch_whose_processes_were_all_killed_says_so_in_one_line(capsys):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from pisa_model.launch import processes_status
+
+    failures = {rank: ProcessFailure(rank, 1000 + rank, -signal, "<N/A>") for rank, signal in ((1, 15), (0, 9))}
+    assert processes_status("prog", failures) == 1
+    assert capsys.readouterr().err == "prog: error: process 0 was killed by SIGKILL\n"
+
+
+def test_num_processes_under_another_launch_must_match_it(release_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "1")  # as a launcher sets it in the one process it started
+    assert train_main([*_args(release_dir, tmp_path / "out", "--max-steps", "1"), "--num-processes", "2"]) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        f"{PREFIX}--num-processes 2: this process is one of 1 started by a launcher "
+        "(leave --num-processes out under accelerate launch)"
+    ]
 
 
 # --- fidelity of training to LISA (issue 18 item 7) ------------------------------------------------------------

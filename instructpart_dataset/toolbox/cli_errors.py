@@ -11,6 +11,7 @@ that path, while an OSError anywhere else (reading an input) is bad input.
 """
 
 import contextlib
+import importlib.util
 import os
 import sys
 
@@ -80,10 +81,12 @@ def report_error(prog: str, error: BaseException) -> int:
 def quiet_library_progress_bars() -> None:
     """Turn off the libraries' progress bars (datasets' "Generating split", transformers' "Loading weights",
     the Hub's downloads): off a terminal they are lines of carriage returns in a log, not progress."""
-    import datasets
     from huggingface_hub.utils import disable_progress_bars
 
-    datasets.disable_progress_bars()
+    if "datasets" in sys.modules or importlib.util.find_spec("datasets") is not None:  # absent on an offline GPU node
+        import datasets
+
+        datasets.disable_progress_bars()
     disable_progress_bars()  # transformers reads this when it is imported
     if "transformers" in sys.modules:
         from transformers.utils import logging

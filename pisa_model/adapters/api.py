@@ -39,7 +39,7 @@ import threading
 import time
 import urllib.parse
 
-from .vlm import VLMAnswer
+from .base import VLMAnswer
 
 DEFAULTS = {
     "api_key_env": "OPENAI_API_KEY",

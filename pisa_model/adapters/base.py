@@ -11,6 +11,7 @@ This module holds the protocol and the helpers the adapter modules share; it imp
 
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,6 +49,15 @@ class Adapter:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r})"
+
+
+class VLMAnswer(NamedTuple):
+    """One answer of a VLM (`vlm.LocalVLM` or `api.ApiVLM`): what reason-then-ground and vlm-box read."""
+
+    text: str  # the answer ("" when the request failed)
+    shown_size: tuple  # (width, height) of the image the prompt describes: the original, or the one sent to an API
+    model_input_size: tuple | None  # (width, height) the model's processor resized it to, when known
+    error: str | None = None  # why no answer came (an API row that failed after its retries)
 
 
 def check_batch(images: list, instructions: list) -> None:

@@ -6,18 +6,11 @@ chat template and the generation prompt (a processor without a template, such as
 its text), decodes greedily (`do_sample=False`) at most `max_new_tokens` tokens, and left-pads a batch.
 """
 
-from typing import NamedTuple
+from .base import VLMAnswer, to_device
 
-from .base import to_device
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "LocalVLM", "VLMAnswer", "load_local_vlm", "load_vlm"]
 
 DEFAULT_MAX_NEW_TOKENS = 32
-
-
-class VLMAnswer(NamedTuple):
-    text: str  # the answer ("" when the request failed)
-    shown_size: tuple  # (width, height) of the image the prompt describes: the original, or the one sent to an API
-    model_input_size: tuple | None  # (width, height) the model's processor resized it to, when known
-    error: str | None = None  # why no answer came (an API row that failed after its retries)
 
 
 class LocalVLM:
