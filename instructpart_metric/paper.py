@@ -374,7 +374,7 @@ def format_paper_table(
         lines.append(line(cells))
     notes = [orps_form_note(orps_form)]
     if published:
-        notes.append(f"Published rows: {PUBLISHED_SOURCE}. * = yours, on the split named above.")
+        notes.append(f"Published rows: {PUBLISHED_SOURCE}. * = yours (the last line says whether they rank).")
         notes += same_system_lines(models)
         ranks, reason = ranks_or_reason(models, provenance)
         notes += rank_lines(ranks) if reason is None else [not_ranked_line(reason)]
