@@ -102,11 +102,11 @@ def save_lisa(folder: str, device: torch.device, tiny: bool) -> str:
     converter keeps of LISA-7B-v1's bfloat16 release): full size from `budget.lisa_full_size_config` (LLaMA-7B,
     CLIP ViT-L/14-224, linear projector, SAM-H's encoder at 1024 px; 32,004 rows), or tiny. It carries LISA's prompt,
     answer and preprocessing with the tiny word-level tokenizer plus LISA's `<im_start>`/`<im_end>`."""
-    from transformers import AddedToken, CLIPImageProcessorPil, SamImageProcessorPil
+    from transformers import AddedToken, CLIPImageProcessorPil
 
-    from pisa_model import PisaForPartSegmentation, PisaProcessor
+    from pisa_model import PisaForPartSegmentation
     from pisa_model.budget import lisa_full_size_config
-    from pisa_model.convert_lisa import LISA_ANSWER, LISA_PROMPT_TEMPLATE, SAM_IMAGE_MEAN, SAM_IMAGE_STD
+    from pisa_model.convert_lisa import lisa_processor
     from pisa_model.tiny import (
         TINY_LLAVA_IMAGE_SIZE,
         TINY_MASK_DECODER,
@@ -142,26 +142,12 @@ def save_lisa(folder: str, device: torch.device, tiny: bool) -> str:
     torch.manual_seed(0)  # the same random LISA on every run
     with torch.device(device):
         model = PisaForPartSegmentation(config).to(torch.bfloat16)
-    size = config.mask_input_size
-    model.processor = PisaProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": clip_size}, crop_size={"height": clip_size, "width": clip_size}
-        ),
-        mask_image_processor=SamImageProcessorPil(
-            size={"longest_edge": size},
-            pad_size={"height": size, "width": size},
-            mask_size={"longest_edge": size},
-            mask_pad_size={"height": size, "width": size},
-            image_mean=SAM_IMAGE_MEAN,
-            image_std=SAM_IMAGE_STD,
-        ),
-        tokenizer=tokenizer,
-        prompt_template=LISA_PROMPT_TEMPLATE,
-        answer=LISA_ANSWER,
-        image_token="<image>",
+    model.processor = lisa_processor(
+        CLIPImageProcessorPil(size={"shortest_edge": clip_size}, crop_size={"height": clip_size, "width": clip_size}),
+        tokenizer,
+        mask_size=config.mask_input_size,
         patch_size=config.llava_config.vision_config.patch_size,
         vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
     )
     model.save_pretrained(folder)
     del model
@@ -170,13 +156,38 @@ def save_lisa(folder: str, device: torch.device, tiny: bool) -> str:
     return folder
 
 
-def lisa_pass(args, work, device, dataset, phases, failures) -> None:
-    """A random LISA written as `convert_lisa` writes LISA-7B-v1, loaded through the `lisa:` adapter in bfloat16,
-    predicting the same rows in both answer modes; prints samples/s and peak GPU memory against
-    `pisa_model.budget --model lisa`'s inference estimate, and records a wrong-sized mask as a failure."""
-    from pisa_model.adapters import load_adapter
-    from pisa_model.budget import GIB, inference_estimate
+def predict_pass(adapter, dataset, folder, device, *, label: str, estimate: str, num_workers: int = 0) -> float:
+    """Predict `dataset` with `adapter` into `folder` (evaluate_model refuses a mask of the wrong size) and print
+    samples/s, peak GPU memory against the budget's `estimate`, gIoU and, for generated answers, how many held
+    [SEG]; returns the wall seconds."""
+    from pisa_model.budget import GIB
     from pisa_model.evaluate import evaluate_model
+
+    started = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    scorer, extras = evaluate_model(
+        adapter, dataset, batch_size=8, prediction_dir=folder, progress=False, num_workers=num_workers
+    )
+    peak = f"{torch.cuda.max_memory_allocated() / GIB:.2f} GiB" if device.type == "cuda" else "n/a (no GPU)"
+    line = (
+        f"{label} ({adapter.answer_mode}): {extras['rows_per_second']:.2f} samples/s over {len(scorer)} rows; "
+        f"peak GPU memory {peak} ({estimate}); gIoU {100 * scorer.compute()['gIoU']:.2f}"
+    )
+    if adapter.answer_mode == "generated":
+        with_seg = sum(record["has_seg"] for record in extras["records"])
+        line += f"; answers with [SEG]: {with_seg}/{len(extras['records'])}"
+        line += f"; first answer: {extras['records'][0]['answer']!r}"
+    print(line)
+    return time.perf_counter() - started
+
+
+def lisa_pass(args, work, device, dataset, phases) -> None:
+    """A random LISA written as `convert_lisa` writes LISA-7B-v1, loaded through the `lisa:` adapter in bfloat16,
+    predicting the same rows in both answer modes (`predict_pass`, against `pisa_model.budget --model lisa`'s
+    inference estimate)."""
+    from pisa_model.adapters import load_adapter
+    from pisa_model.budget import inference_estimate
 
     started = time.perf_counter()
     folder = save_lisa(os.path.join(work, "lisa"), device, args.tiny)
@@ -184,22 +195,17 @@ def lisa_pass(args, work, device, dataset, phases, failures) -> None:
     print(f"LISA ({'tiny' if args.tiny else 'LISA-7B-v1 size'}, bfloat16) saved in {phases['write LISA']:.0f} s")
     for generate in (False, True):
         started = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
         adapter = load_adapter(f"lisa:{folder}", device=device, dtype=torch.bfloat16, generate=generate)
+        estimate = _size(inference_estimate(adapter.model.config, batch_size=8).total_bytes)
         folder_out = os.path.join(work, f"lisa-predictions-{adapter.answer_mode}")
-        scorer, extras = evaluate_model(adapter, dataset, batch_size=8, prediction_dir=folder_out, progress=False)
-        peak = f"{torch.cuda.max_memory_allocated() / GIB:.2f} GiB" if device.type == "cuda" else "n/a (no GPU)"
-        estimate = inference_estimate(adapter.model.config, batch_size=8)
-        line = (
-            f"LISA predict ({adapter.answer_mode}): {extras['rows_per_second']:.2f} samples/s over {len(scorer)} rows; "
-            f"peak GPU memory {peak} (budget --model lisa estimate {_size(estimate.total_bytes)}); "
-            f"gIoU {100 * scorer.compute()['gIoU']:.2f}"
+        predict_pass(
+            adapter,
+            dataset,
+            folder_out,
+            device,
+            label="LISA predict",
+            estimate=f"budget --model lisa estimate {estimate}",
         )
-        if generate:
-            with_seg = sum(record["has_seg"] for record in extras["records"])
-            line += f"; answers with [SEG]: {with_seg}/{len(extras['records'])}"
-        print(line)
         phases[f"LISA {adapter.answer_mode}"] = time.perf_counter() - started
         del adapter
         if device.type == "cuda":
@@ -360,9 +366,8 @@ def main(argv=None):
     from instructpart_dataset.synthetic import make_release
     from pisa_model import PisaConfig, PisaForPartSegmentation
     from pisa_model.adapters.pisa import PisaAdapter
-    from pisa_model.budget import GIB, estimate, inference_estimate
+    from pisa_model.budget import estimate, inference_estimate
     from pisa_model.data import load_rows
-    from pisa_model.evaluate import evaluate_model
     from pisa_model.tiny import REAL_STORED_DTYPES, save_tiny_components
 
     needed = disk_needed(args.tiny, lisa=not args.no_lisa)
@@ -422,32 +427,18 @@ def main(argv=None):
         dataset = load_rows(release, configs="trps", split="test")  # read without datasets where it is missing
         dataset = dataset.select(range(min(args.test_rows, len(dataset))))
         phases["load trained model"] = time.perf_counter() - started
+        estimate = f"budget estimate {_size(inference_estimate(config, 8).total_bytes)}"
         for generate in (False, True):
-            started = time.perf_counter()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
             adapter = PisaAdapter(model, name="trained", generate=generate)
             folder = os.path.join(work, f"predictions-{adapter.answer_mode}")
-            scorer, extras = evaluate_model(
-                adapter, dataset, batch_size=8, prediction_dir=folder, progress=False, num_workers=2
+            phases[f"predict {adapter.answer_mode}"] = predict_pass(
+                adapter, dataset, folder, device, label="predict", estimate=estimate, num_workers=2
             )
-            peak = f"{torch.cuda.max_memory_allocated() / GIB:.2f} GiB" if device.type == "cuda" else "n/a (no GPU)"
-            line = (
-                f"predict ({adapter.answer_mode}): {extras['rows_per_second']:.2f} samples/s over {len(scorer)} rows; "
-                f"peak GPU memory {peak} (budget estimate {_size(inference_estimate(config, 8).total_bytes)}); "
-                f"gIoU {100 * scorer.compute()['gIoU']:.2f}"
-            )
-            if generate:
-                with_seg = sum(record["has_seg"] for record in extras["records"])
-                line += f"; answers with [SEG]: {with_seg}/{len(extras['records'])}"
-                line += f"; first answer: {extras['records'][0]['answer']!r}"
-            print(line)
-            phases[f"predict {adapter.answer_mode}"] = time.perf_counter() - started
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.no_lisa:
-            lisa_pass(args, work, device, dataset, phases, failures)
+            lisa_pass(args, work, device, dataset, phases)
         total = time.perf_counter() - check_started
         print("wall time per phase: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items()))
         print(f"wall time: {total:.0f} s" + ("" if args.tiny else f" (budget {WALL_BUDGET_S} s on one H100)"))

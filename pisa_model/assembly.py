@@ -21,13 +21,12 @@ from transformers import (
     Dinov2Backbone,
     Dinov2Config,
     SamConfig,
-    SamImageProcessorPil,
 )
 from transformers.utils import cached_file
 
 from .configuration_pisa import DEFAULT_MASK_INPUT_SIZE, PisaConfig
 from .modeling_pisa import PisaForPartSegmentation
-from .processing_pisa import PisaProcessor
+from .processing_pisa import PisaProcessor, mask_branch_image_processor
 
 
 def read_sam_prompt_weights(sam: str) -> tuple:
@@ -104,17 +103,10 @@ def save_merged(model: PisaForPartSegmentation, save_directory: str, **kwargs):
         model.config.lora_rank = rank
 
 
-def _dinov2_mask_image_processor(dinov2: str, mask_input_size: int) -> SamImageProcessorPil:
+def _dinov2_mask_image_processor(dinov2: str, mask_input_size: int):
     """SAM's resize-longest-side-and-pad at `mask_input_size`, normalised as DINOv2 was trained."""
     dinov2_processor = AutoImageProcessor.from_pretrained(dinov2)
-    return SamImageProcessorPil(
-        size={"longest_edge": mask_input_size},
-        pad_size={"height": mask_input_size, "width": mask_input_size},
-        mask_size={"longest_edge": mask_input_size},
-        mask_pad_size={"height": mask_input_size, "width": mask_input_size},
-        image_mean=list(dinov2_processor.image_mean),
-        image_std=list(dinov2_processor.image_std),
-    )
+    return mask_branch_image_processor(mask_input_size, dinov2_processor.image_mean, dinov2_processor.image_std)
 
 
 def init_rows_with_mean(llava_model, new_ids, known_tokens: int) -> None:

@@ -368,6 +368,24 @@ def _context_length(source: dict) -> int:
     return int(source.get("max_position_embeddings", 2048))
 
 
+def lisa_processor(clip_processor, tokenizer, *, mask_size: int, patch_size: int, vision_feature_select_strategy):
+    """LISA's processor in PISA's form: CLIP preprocessing on the language side, SAM's longest-side resize, padding
+    and normalisation at `mask_size` on the mask side, LISA's llava_v1 prompt and answer."""
+    from .processing_pisa import PisaProcessor, mask_branch_image_processor
+
+    return PisaProcessor(
+        image_processor=clip_processor,
+        mask_image_processor=mask_branch_image_processor(mask_size, SAM_IMAGE_MEAN, SAM_IMAGE_STD),
+        tokenizer=tokenizer,
+        prompt_template=LISA_PROMPT_TEMPLATE,
+        answer=LISA_ANSWER,
+        image_token=IMAGE_TOKEN,
+        patch_size=patch_size,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+    )
+
+
 def convert(
     checkpoint: str, output: str, dtype: str | None = None, vision_tower: str | None = None, overwrite: bool = False
 ) -> dict:
@@ -380,14 +398,12 @@ def convert(
         CLIPVisionModel,
         LlamaConfig,
         LlavaConfig,
-        SamImageProcessorPil,
     )
 
     from instructpart_dataset.toolbox.files import publish_folder
 
     from .configuration_pisa import PisaConfig
     from .modeling_pisa import PisaForPartSegmentation
-    from .processing_pisa import PisaProcessor
 
     folder = resolve_checkpoint(checkpoint)
     source = read_config(folder)
@@ -487,24 +503,12 @@ def convert(
     model.load_state_dict(state, strict=True, assign=True)
     model._set_trainable()
 
-    mask_size = vision["image_size"]
-    model.processor = PisaProcessor(
-        image_processor=clip_processor,
-        mask_image_processor=SamImageProcessorPil(
-            size={"longest_edge": mask_size},
-            pad_size={"height": mask_size, "width": mask_size},
-            mask_size={"longest_edge": mask_size},
-            mask_pad_size={"height": mask_size, "width": mask_size},
-            image_mean=SAM_IMAGE_MEAN,
-            image_std=SAM_IMAGE_STD,
-        ),
-        tokenizer=tokenizer,
-        prompt_template=LISA_PROMPT_TEMPLATE,
-        answer=LISA_ANSWER,
-        image_token=IMAGE_TOKEN,
+    model.processor = lisa_processor(
+        clip_processor,
+        tokenizer,
+        mask_size=vision["image_size"],
         patch_size=clip_config.patch_size,
         vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
-        num_additional_image_tokens=1,
     )
     with publish_folder(output, overwrite=overwrite) as staging:
         model.save_pretrained(staging)

@@ -106,6 +106,21 @@ def _pil_to_rgb(image: Image.Image, name: str) -> Image.Image:
         raise ValueError(f"{name}: cannot convert a mode {mode} image to RGB ({error})") from None
 
 
+def mask_branch_image_processor(size: int, image_mean, image_std):
+    """The mask branch's `SamImageProcessorPil`: longest side resized to `size` and padded bottom/right to a
+    `size` square (images and masks alike), normalised by `image_mean` / `image_std` (0-1 scale)."""
+    from transformers import SamImageProcessorPil
+
+    return SamImageProcessorPil(
+        size={"longest_edge": size},
+        pad_size={"height": size, "width": size},
+        mask_size={"longest_edge": size},
+        mask_pad_size={"height": size, "width": size},
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+    )
+
+
 def as_image_batch(images, instructions) -> tuple:
     """(list of images, list of instructions) from a batch or from a single image and a single instruction. A
     string is one instruction (never a list of characters); the counts must agree."""
@@ -470,4 +485,5 @@ __all__ = [
     "PisaProcessor",
     "as_image_batch",
     "as_rgb_image",
+    "mask_branch_image_processor",
 ]

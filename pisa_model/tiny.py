@@ -23,13 +23,12 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     PreTrainedTokenizerFast,
-    SamImageProcessorPil,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .configuration_pisa import PisaConfig
 from .modeling_pisa import PisaForPartSegmentation
-from .processing_pisa import DEFAULT_ANSWER, DEFAULT_PROMPT_TEMPLATE, PisaProcessor
+from .processing_pisa import DEFAULT_ANSWER, DEFAULT_PROMPT_TEMPLATE, PisaProcessor, mask_branch_image_processor
 
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>"]
 # How llava-hf/llava-1.5-7b-hf, facebook/dinov2-large and facebook/sam-vit-huge store their weights.
@@ -98,14 +97,7 @@ def tiny_processor(tokenizer=None) -> PisaProcessor:
             size={"shortest_edge": TINY_LLAVA_IMAGE_SIZE},
             crop_size={"height": TINY_LLAVA_IMAGE_SIZE, "width": TINY_LLAVA_IMAGE_SIZE},
         ),
-        mask_image_processor=SamImageProcessorPil(
-            size={"longest_edge": size},
-            pad_size={"height": size, "width": size},
-            mask_size={"longest_edge": size},
-            mask_pad_size={"height": size, "width": size},
-            image_mean=list(IMAGENET_DEFAULT_MEAN),
-            image_std=list(IMAGENET_DEFAULT_STD),
-        ),
+        mask_image_processor=mask_branch_image_processor(size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         tokenizer=tokenizer,
         image_token=IMAGE_TOKEN,
         seg_token=SEG_TOKEN,
