@@ -867,20 +867,9 @@ def main(argv=None) -> int:
     common(model)
     model.set_defaults(run=cmd_model)
     board = commands.add_parser("leaderboard", help="the leaderboard (published rows, results, model cards) as a Space")
-    board.add_argument("sources", nargs="*", metavar="RESULTS_OR_CARD", help="results.json, card .md or Hub model id")
-    board.add_argument("--hub-tag", metavar="TAG", help="also every Hub model with this tag (HfApi.list_models)")
-    from instructpart_metric.leaderboard import DEFAULT_HUB_TIMEOUT, positive_seconds
-    from instructpart_metric.paper import add_orps_form_argument
+    from instructpart_metric.leaderboard import add_source_arguments
 
-    board.add_argument(
-        "--hub-timeout",
-        type=positive_seconds,
-        default=DEFAULT_HUB_TIMEOUT,
-        metavar="SECONDS",
-        help=f"longest wait for the Hub's model list and for each card read (default {DEFAULT_HUB_TIMEOUT:g})",
-    )
-
-    add_orps_form_argument(board)
+    add_source_arguments(board)
     common(board)
     board.set_defaults(run=cmd_leaderboard)
     args = parser.parse_args(argv)

@@ -441,11 +441,12 @@ def positive_seconds(text: str) -> float:
     return seconds
 
 
-def add_arguments(parser) -> None:
+def add_source_arguments(parser) -> None:
+    """What a leaderboard is built from, shared by this command and `upload.py leaderboard`: the sources, the Hub
+    tag, the Hub timeout and the ORPS form."""
     from .paper import add_orps_form_argument
 
     parser.add_argument("sources", nargs="*", metavar="RESULTS_OR_CARD", help="results.json, card .md or Hub model id")
-    parser.add_argument("--output", required=True, metavar="DIR", help="where the page, JSON and Space app go")
     parser.add_argument("--hub-tag", metavar="TAG", help="also every Hub model with this tag (HfApi.list_models)")
     parser.add_argument(
         "--hub-timeout",
@@ -455,6 +456,11 @@ def add_arguments(parser) -> None:
         help=f"longest wait for the Hub's model list and for each card (default {DEFAULT_HUB_TIMEOUT:g})",
     )
     add_orps_form_argument(parser)
+
+
+def add_arguments(parser) -> None:
+    add_source_arguments(parser)
+    parser.add_argument("--output", required=True, metavar="DIR", help="where the page, JSON and Space app go")
 
 
 __all__ = ["build_leaderboard", "render_html", "sort_rows", "ranks", "write_leaderboard"]
